@@ -40,7 +40,7 @@ import report  # noqa: E402
 
 import prunelab  # noqa: E402
 import prunelab.pruning.lr_bound  # noqa: E402,F401  (registers the allocation)
-from prunelab.analysis.mlp import mlp_layers, widths as mlp_widths  # noqa: E402
+from prunelab.analysis.affine import mlp_layers, widths as mlp_widths  # noqa: E402
 from prunelab.analysis.regions import count_line, count_plane, expected_bound, model_bound  # noqa: E402
 from prunelab.data import load  # noqa: E402
 from prunelab.errors import PrunelabError  # noqa: E402

@@ -12,7 +12,7 @@ from torch import nn
 from prunelab.analysis.exact import find_stable_neurons, parse_domain
 from prunelab.analysis.exact.bounds import compute_bounds
 from prunelab.analysis.exact.domain import make_box
-from prunelab.analysis.mlp import mlp_layers
+from prunelab.analysis.affine import mlp_layers
 from prunelab.errors import PrunelabError
 
 torch.set_num_threads(1)

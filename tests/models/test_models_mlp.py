@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.analysis.mlp import mlp_layers, widths
+from prunelab.analysis.affine import mlp_layers, widths
 from prunelab.errors import PrunelabError
 from prunelab.models import create
 

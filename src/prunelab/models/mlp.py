@@ -2,7 +2,7 @@
 
 Every one is exactly ``nn.Sequential(Flatten, Linear, ReLU, ..., Linear)`` with the default index
 names (``"1.weight"``, ``"3.weight"``, ...), so the MLP-only analyses read it with
-:func:`prunelab.analysis.mlp.mlp_layers`. Any input shape is flattened to ``prod(input_shape)``
+:func:`prunelab.analysis.affine.mlp_layers`. Any input shape is flattened to ``prod(input_shape)``
 features.
 """
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prunelab.analysis.exact.domain import Box
-from prunelab.analysis.mlp import AffineLayer
+from prunelab.analysis.affine import AffineLayer
 
 PAD = 1e-10
 

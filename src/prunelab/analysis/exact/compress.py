@@ -42,7 +42,7 @@ from torch import nn
 from prunelab.analysis.exact.domain import Box, make_box, points_in_box
 from prunelab.analysis.exact.forward import chunks, outputs
 from prunelab.analysis.exact.stable import StabilityResult
-from prunelab.analysis.mlp import AffineLayer, mlp_layers
+from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.errors import PrunelabError
 from prunelab.utils import atomic_write_bytes
 

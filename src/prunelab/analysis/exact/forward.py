@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from prunelab.analysis.mlp import AffineLayer
+from prunelab.analysis.affine import AffineLayer
 
 
 def preactivations(layers: list[AffineLayer], x: np.ndarray) -> list[np.ndarray]:

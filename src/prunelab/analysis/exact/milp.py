@@ -39,7 +39,7 @@ import numpy as np
 
 from prunelab.analysis.exact.bounds import LayerBounds
 from prunelab.analysis.exact.domain import Box
-from prunelab.analysis.mlp import AffineLayer
+from prunelab.analysis.affine import AffineLayer
 
 INF = highspy.kHighsInf
 TINY = 1e-7  # weights below TINY * (largest weight of their row) enter as an interval, see ReluMilp

@@ -20,7 +20,7 @@ from prunelab.analysis.exact.candidates import Candidates
 from prunelab.analysis.exact.domain import Box
 from prunelab.analysis.exact.forward import preactivations
 from prunelab.analysis.exact.milp import ACTIVE, INACTIVE, ReluMilp
-from prunelab.analysis.mlp import AffineLayer
+from prunelab.analysis.affine import AffineLayer
 
 
 def _flipped(

@@ -52,7 +52,7 @@ from prunelab.analysis.exact.candidates import Candidates, search_witnesses, set
 from prunelab.analysis.exact.domain import Box, make_box, points_in_box
 from prunelab.analysis.exact.milp import ACTIVE, INACTIVE
 from prunelab.analysis.exact.prove import prove_by_lp, prove_per_unit, prove_single_milp
-from prunelab.analysis.mlp import AffineLayer, mlp_layers
+from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.errors import PrunelabError
 
 METHODS = ("single_milp", "per_unit")

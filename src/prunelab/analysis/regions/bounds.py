@@ -38,6 +38,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from prunelab.analysis.affine import mlp_layers
 from prunelab.analysis.regions.rank import RANK_METHODS, RankDistribution, rank_distribution
 from prunelab.errors import PrunelabError
 
@@ -254,9 +255,9 @@ def model_bound(model: torch.nn.Module, masks=None, subspace_dim: int | None = N
     """Serra et al. 2018's rank bound (Theorem 1 with rank(W^l)) for a concrete, possibly pruned MLP.
 
     Ranks are numerical ranks (``torch.linalg.matrix_rank``, float64, default tolerance) of the masked
-    hidden-layer weights, read with :func:`prunelab.analysis.mlp.mlp_layers`.
+    hidden-layer weights, read with :func:`prunelab.analysis.affine.mlp_layers`.
     """
-    from prunelab.analysis.mlp import mlp_layers
+
 
     layers = mlp_layers(model, masks)
     hidden = [l for l in layers if l.relu]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.analysis.mlp import AffineLayer, mlp_layers
+from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.errors import PrunelabError
 
 
