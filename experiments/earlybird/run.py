@@ -57,7 +57,7 @@ from prunelab.pruning.spline import prune_units
 from prunelab.pruning.structured import STRUCTURED, channel_groups, expand_unit_masks, weight_masks
 from prunelab.report.tables import write_csv
 from prunelab.train import TrainConfig, evaluate, fit, save_state_dict
-from prunelab.train.earlybird import (
+from prunelab.pruning.earlybird import (
     MASK_THRESHOLD,
     PARTITION_THRESHOLD,
     BNScaleL1,

@@ -33,7 +33,8 @@ from prunelab import models
 from prunelab.errors import PrunelabError
 from prunelab.report.tables import write_csv
 from prunelab.train import TrainConfig, fit
-from prunelab.train.jumpstart import Jumpstart, unit_report
+from prunelab.analysis.units import unit_report
+from prunelab.train.jumpstart import Jumpstart
 from prunelab.utils import atomic_write_json, atomic_write_text, resolve_device
 
 SETTINGS: dict[str, dict[str, Any]] = {

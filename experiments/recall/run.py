@@ -39,7 +39,7 @@ from prunelab.analysis.recall import distortion_rows, summarize
 from prunelab.errors import PrunelabError
 from prunelab.pruning.api import prune
 from prunelab.pruning.enforce import MaskEnforcer
-from prunelab.pruning.masks import Masks
+from prunelab.masks import Masks
 from prunelab.report.tables import write_csv
 from prunelab.train import TrainConfig, evaluate, fit, save_state_dict
 from prunelab.utils import atomic_write_json, atomic_write_text, resolve_device

@@ -40,7 +40,8 @@ from prunelab.models.init import build_he_initialised
 from prunelab.models.vgg import CONFIGS, VGG
 from prunelab.report.tables import write_csv
 from prunelab.train import TrainConfig, fit
-from prunelab.train.stability import IterativeStructuredPruning, LayerSchedule, stability_correlations, stability_summary
+from prunelab.analysis.stability import stability_correlations, stability_summary
+from prunelab.pruning.instability import IterativeStructuredPruning, LayerSchedule
 from prunelab.utils import atomic_write_json, atomic_write_text, resolve_device
 
 LAYERS = ["features.15", "features.18", "features.22", "features.25"]  # VGG11-BN's last four convs

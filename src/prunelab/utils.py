@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, seeding, atomic file writes."""
+"""Small shared helpers: device choice, seeding, module modes, compression ratios, atomic file writes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,30 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def compression_ratio(total: int, kept: int) -> float:
+    """``total / kept`` (compression = 1 / density), ``inf`` when nothing is kept."""
+    return total / kept if kept else float("inf")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module, training: bool = False, restore_buffers: bool = False) -> Iterator[None]:
+    """Put ``model`` in eval mode (train mode with ``training=True``) for the block, then give every
+    submodule back its own ``training`` flag. ``restore_buffers=True`` also restores the buffers
+    (e.g. BatchNorm running statistics that a train-mode forward updates)."""
+    modes = [(m, m.training) for m in model.modules()]
+    saved = {k: b.clone() for k, b in model.named_buffers()} if restore_buffers else {}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, flag in modes:
+            m.training = flag
+        if saved:
+            with torch.no_grad():
+                for k, b in model.named_buffers():
+                    b.copy_(saved[k])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -19,8 +19,6 @@ from torch import nn
 from prunelab.analysis.effective import effective_masks, effective_report, effective_sparsity
 from prunelab.errors import PrunelabError
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Brute force: explicit graph + two BFS
 
@@ -488,7 +486,7 @@ def test_returns_masks_with_same_keys_and_accepts_01_float_masks():
     assert list(out) == list(masks)
     assert all(v.dtype == torch.bool for v in out.values())
     try:
-        from prunelab.pruning.masks import Masks
+        from prunelab.masks import Masks
     except ImportError:
         return
     assert isinstance(out, Masks)

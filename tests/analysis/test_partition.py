@@ -24,7 +24,6 @@ from prunelab.analysis.partition import (
 from prunelab.errors import PrunelabError
 
 
-
 def tiny_net(w1: list[list[float]]) -> nn.Sequential:
     """2 -> 2 -> 2 -> 1 ReLU net; only the first layer's weights vary between the two checkpoints."""
     net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from prunelab.experiments.config import SweepConfig, build
 from prunelab.experiments.runner import run_sweep
-from prunelab.pruning.masks import Masks
+from prunelab.masks import Masks
 from prunelab.pruning.schedules import polynomial_sparsity
 from prunelab.report.tables import read_csv
 

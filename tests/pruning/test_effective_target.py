@@ -14,7 +14,6 @@ from prunelab.errors import PrunelabError
 from prunelab.pruning.effective_target import prune_to_effective_sparsity, search_effective_sparsity
 
 
-
 def small_mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))

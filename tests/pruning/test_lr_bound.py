@@ -14,7 +14,6 @@ from prunelab.pruning import ALLOCATIONS, ScoreContext
 from prunelab.pruning.lr_bound import lr_bound_densities, lr_bound_search
 
 
-
 def kept(widths, dens, layers):
     return sum(dens[i] * widths[i] * widths[i + 1] for i in layers)
 

@@ -11,7 +11,7 @@ from torch import nn
 import prunelab
 from prunelab.errors import PrunelabError
 from prunelab.pruning import UPDATES, Masks, ScoreContext
-from prunelab.pruning.api import schedule
+from prunelab.pruning.direct import schedule
 
 
 def mlp(seed: int = 0) -> nn.Module:

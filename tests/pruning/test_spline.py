@@ -21,7 +21,6 @@ from prunelab.pruning.spline import (
 from prunelab.pruning.structured import STRUCTURED, channel_groups
 
 
-
 def brute_force_peeling(v: torch.Tensor) -> list[float]:
     """Independent slow version: remove, one at a time, the unit nearest (sign-invariant) to another."""
     rows = [v[i].double() / v[i].double().norm() for i in range(v.shape[0])]

@@ -10,8 +10,8 @@ from torch import nn
 
 import prunelab.pruning.upa  # noqa: F401  (registers "upa")
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 from prunelab.pruning.context import CRITERIA, ScoreContext
-from prunelab.pruning.masks import Masks
 
 torch.set_num_threads(1)
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from prunelab.analysis.partition import ReluInputs
+from prunelab.analysis.units import unit_report
 from prunelab.errors import PrunelabError
 from prunelab.train import TrainConfig, fit
-from prunelab.train.jumpstart import Jumpstart, jumpstart_penalty, jumpstart_slacks, unit_report
-
+from prunelab.train.jumpstart import Jumpstart, jumpstart_penalty, jumpstart_slacks
 
 
 @dataclass

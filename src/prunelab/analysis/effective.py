@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
+from prunelab.utils import compression_ratio
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WEIGHTED = (nn.Linear, *_CONV)
@@ -459,12 +461,7 @@ def _connectivity(model: nn.Module, masks: Mapping[str, Tensor], input_shape: Se
     return _Connectivity(masks=masks, effective=effective, reached=reached, reaching=reaching)
 
 
-def _as_masks(d: dict[str, Tensor]) -> Any:
-    """A ``prunelab.pruning.masks.Masks`` when that module exists, else the plain dict."""
-    try:
-        from prunelab.pruning.masks import Masks
-    except ImportError:
-        return d
+def _as_masks(d: dict[str, Tensor]) -> Masks:
     return Masks(d)
 
 
@@ -478,7 +475,7 @@ def effective_masks(
     """The masks with every weight that lies on no input-output path removed (same keys, bool).
 
     ``input_shape`` (no batch dim) defaults to ``model.input_shape``, or to the fan-in of a model
-    whose first layer is Linear. Returns a ``Masks`` when ``prunelab.pruning.masks`` is importable,
+    whose first layer is Linear. Returns a ``Masks`` when ``prunelab.masks`` is importable,
     else a dict. Vysogorets & Kempe (2023); the algorithm is in this module's docstring.
     """
     return _as_masks(_connectivity(model, masks, input_shape).effective)
@@ -520,10 +517,6 @@ class LayerEffective:
         return 1.0 - self.effective_kept / self.total
 
 
-def _compression(kept: int, total: int) -> float:
-    return total / kept if kept else float("inf")
-
-
 @dataclass
 class EffectiveReport:
     """Per-layer and total direct vs effective sparsity (Vysogorets & Kempe, 2023)."""
@@ -562,8 +555,8 @@ class EffectiveReport:
             "effective_kept": self.effective_kept,
             "direct_sparsity": self.direct_sparsity,
             "effective_sparsity": self.effective_sparsity,
-            "direct_compression": _compression(self.direct_kept, self.total),
-            "effective_compression": _compression(self.effective_kept, self.total),
+            "direct_compression": compression_ratio(self.total, self.direct_kept),
+            "effective_compression": compression_ratio(self.total, self.effective_kept),
             "dead_units": self.dead_units,
         }
 

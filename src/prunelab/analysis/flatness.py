@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from prunelab.errors import PrunelabError
+from prunelab.utils import eval_mode
 
 METHODS = ("power", "lanczos")
 DEFAULT_SAMPLES = 512
@@ -102,12 +103,13 @@ class HessianOperator:
             ]
         self.chunk = chunk
         self.size = sum(p.numel() for p in self.params)
-        self._modes = [(m, m.training) for m in model.modules()]
-        model.eval()
+        self._mode = eval_mode(model)  # restored by close()
+        self._mode.__enter__()
 
     def close(self) -> None:
-        for m, training in self._modes:
-            m.training = training
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
 
     def __enter__(self) -> "HessianOperator":
         return self
@@ -237,8 +239,6 @@ def gradient_second_moment_trace(
         raise PrunelabError("the model has no trainable parameters")
     buffers = {k: b.detach() for k, b in model.named_buffers()}
     device = next(iter(params.values())).device
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
 
     def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, {**p, **buffers}, (xi.unsqueeze(0),))
@@ -246,13 +246,10 @@ def gradient_second_moment_trace(
 
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
     total = 0.0
-    try:
+    with eval_mode(model):
         for s in range(0, x.shape[0], chunk):
             g = per_sample(params, x[s : s + chunk].to(device), y[s : s + chunk].to(device))
             total += float(sum(t.double().square().sum() for t in g.values()))
-    finally:
-        for m, training in modes:
-            m.training = training
     return total / x.shape[0]
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from prunelab.errors import PrunelabError
+from prunelab.utils import eval_mode
 
 RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_})
 _INPLACE_RELU = frozenset({F.relu_, torch.relu_, Tensor.relu_})
@@ -205,16 +205,6 @@ def masked_copy(model: nn.Module, masks: Mapping[str, Tensor] | None) -> nn.Modu
     return out
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -243,7 +233,7 @@ def for_each_batch(
     canvas = _check_canvas(canvas)
     batch_size = _check_batch_size(batch_size)
     device = _device_of(model)
-    with _eval_mode(model), torch.no_grad(), ReluInputs(model) as rec:
+    with eval_mode(model), torch.no_grad(), ReluInputs(model) as rec:
         for start in range(0, canvas.shape[0], batch_size):
             xb = canvas[start : start + batch_size].to(device)
             model(xb)

@@ -18,7 +18,7 @@ from torch import nn
 from prunelab import data as data_mod
 from prunelab import models
 from prunelab.errors import PrunelabError
-from prunelab.pruning.masks import Masks
+from prunelab.masks import Masks
 from prunelab.train import load_checkpoint
 
 

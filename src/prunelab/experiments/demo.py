@@ -41,10 +41,10 @@ def demo_sweep(quick: bool = False) -> SweepConfig:
 
 
 def run_demo(out: str | Path, quick: bool = False, progress: bool = True, console: Console | None = None):
+    import torch
+
     from prunelab.experiments.cli_run import print_results
     from prunelab.experiments.runner import run_sweep
-
-    import torch
 
     console = console or Console()
     sweep = demo_sweep(quick)

@@ -28,9 +28,9 @@ from torch import nn
 import prunelab
 from prunelab import data as data_mod
 from prunelab import models
+from prunelab.analysis.sparsity import sparsity_report
 from prunelab.experiments.config import RunConfig, SweepConfig
-from prunelab.pruning.masks import Masks
-from prunelab.pruning.report import sparsity_report
+from prunelab.masks import Masks
 from prunelab.pruning.schedules import SCHEDULES, DenseStage, ScheduleContext
 from prunelab.report.plots import accuracy_vs_compression
 from prunelab.report.tables import flatten, write_csv
@@ -170,6 +170,7 @@ def run_one(
         sparsity=cfg.prune.sparsity,
         prune_fn=make_prune_fn(cfg, batches),
         dense=dense,
+        fit=fit,
         imp_rate=cfg.prune.imp_rate,
         gradual_start=cfg.prune.gradual_start,
         gradual_end=cfg.prune.gradual_end,

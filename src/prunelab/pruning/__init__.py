@@ -1,19 +1,21 @@
 """Pruning: masks, criteria (what to keep), allocations (how much per layer), ``prune``, schedules.
 
+Layer: above :mod:`prunelab.analysis` (which it may use), below :mod:`prunelab.train` (which it never
+imports: schedules train through the ``fit`` their context is given, and pruning during training
+enters the loop as :class:`prunelab.callbacks.Callback` objects defined here).
+
 Importing this package registers the built-in criteria (``random``, ``magnitude``, ``lamp``,
 ``snip``, ``grasp``, ``synflow``, ``woodfisher``, ``cbs``, ``upa``), allocations (``global``, ``uniform``,
 ``uniform_plus``, ``erk``, ``igq``, ``lr_bound``), weight updates (``obs``, ``cbs``) and schedules
-(``at_init``, ``oneshot``, ``imp``, ``gradual``, ``earlybird``). See ``docs/pruning.md`` and
+(``at_init``, ``oneshot``, ``imp``, ``gradual``, ``earlybird``) and structured unit scores (``l1``, ``l2``,
+``ebn``, ``spline``, ``bn_scale``). See ``docs/pruning.md`` and
 ``docs/adding_a_criterion.md``.
 """
 
 from __future__ import annotations
 
-from prunelab.pruning.allocation import ExplicitAllocation, keep_top, layer_densities
-from prunelab.pruning.api import prune
-from prunelab.pruning.context import ALLOCATIONS, CRITERIA, UPDATES, ScoreContext, as_batches
-from prunelab.pruning.enforce import MaskEnforcer
-from prunelab.pruning.masks import (
+from prunelab.analysis.sparsity import LayerSparsity, SparsityReport, count_flops, sparsity_report
+from prunelab.masks import (
     DEFAULT_PRUNABLE,
     Masks,
     from_torch_prune,
@@ -22,15 +24,17 @@ from prunelab.pruning.masks import (
     prunable_parameters,
     to_torch_prune,
 )
-from prunelab.pruning.report import LayerSparsity, SparsityReport, count_flops, sparsity_report
-from prunelab.pruning.schedules import SCHEDULES
-
-# Modules that register more criteria / allocations / updates on import.
-from prunelab.pruning import second_order as _second_order  # noqa: E402,F401  (woodfisher, cbs, obs)
+# Importing these registers the methods each one defines.
+from prunelab.pruning import earlybird as _earlybird  # noqa: E402,F401  (earlybird schedule, bn_scale)
 from prunelab.pruning import lr_bound as _lr_bound  # noqa: E402,F401  (lr_bound allocation)
-from prunelab.pruning import upa as _upa  # noqa: E402,F401  (undecayed pruning criterion)
+from prunelab.pruning import second_order as _second_order  # noqa: E402,F401  (woodfisher, cbs, obs)
 from prunelab.pruning import spline as _spline  # noqa: E402,F401  (spline structured criterion)
-from prunelab.train import earlybird as _earlybird  # noqa: E402,F401  (earlybird schedule, bn_scale)
+from prunelab.pruning import upa as _upa  # noqa: E402,F401  (undecayed pruning criterion)
+from prunelab.pruning.allocation import ExplicitAllocation, keep_top, layer_densities
+from prunelab.pruning.api import prune
+from prunelab.pruning.context import ALLOCATIONS, CRITERIA, UPDATES, ScoreContext, as_batches
+from prunelab.pruning.enforce import MaskEnforcer
+from prunelab.pruning.schedules import SCHEDULES
 
 __all__ = [
     "ALLOCATIONS",

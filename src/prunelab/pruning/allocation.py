@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 from prunelab.pruning.context import ALLOCATIONS, ScoreContext
-from prunelab.pruning.masks import Masks
 
 Scores = Mapping[str, torch.Tensor]
 

@@ -26,6 +26,7 @@ from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
 from prunelab.pruning.context import CRITERIA, ScoreContext
+from prunelab.utils import eval_mode
 
 Scores = dict[str, torch.Tensor]
 
@@ -50,17 +51,8 @@ def masked_weights(
 def scoring_mode(model: nn.Module, ctx: ScoreContext) -> Iterator[None]:
     """Eval mode by default (``ctx.options["train_mode"]`` for train mode); restores mode and buffers."""
     train = bool(ctx.options.get("train_mode", False))
-    was_training = model.training
-    saved = {k: b.clone() for k, b in model.named_buffers()} if train else {}
-    model.train(train)
-    try:
+    with eval_mode(model, training=train, restore_buffers=train):
         yield
-    finally:
-        model.train(was_training)
-        if saved:
-            with torch.no_grad():
-                for k, b in model.named_buffers():
-                    b.copy_(saved[k])
 
 
 def _grad_of_loss_sum(
@@ -150,13 +142,9 @@ def synflow(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreConte
     state.update(weights)
     device = next(iter(weights.values())).device
     x = torch.ones((1, *ctx.input_shape), dtype=torch.float64, device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = functional_call(model, state, (x,))
         grads = torch.autograd.grad(out.sum(), list(weights.values()), allow_unused=True)
-    finally:
-        model.train(was_training)
     return {
         k: (g * w).detach().abs_() if g is not None else torch.zeros_like(w.detach())
         for (k, w), g in zip(weights.items(), grads)

@@ -42,7 +42,8 @@ from torch import nn
 
 from prunelab.analysis.effective import effective_masks
 from prunelab.errors import PrunelabError
-from prunelab.pruning.masks import Masks
+from prunelab.masks import Masks
+from prunelab.pruning.direct import prune_direct
 
 
 @dataclass
@@ -81,18 +82,11 @@ class EffectiveSearch:
         }
 
 
-def _prune_fn() -> Any:
-    from prunelab.pruning.api import prune  # late: api imports the registries
-
-    return prune
-
-
 def _check(target: Any, prune_kwargs: dict[str, Any]) -> float:
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 <= float(target) < 1.0:
         raise PrunelabError(f"target effective sparsity must be a number in [0, 1), got {target!r}")
-    # sparsity_kind/effective would make prune call back into this search
-    taken = {"model", "sparsity", "criterion", "allocation", "data", "seed", "sparsity_kind", "effective"}
-    allowed = set(inspect.signature(_prune_fn()).parameters) - taken
+    taken = {"model", "sparsity", "criterion", "allocation", "data", "seed"}
+    allowed = set(inspect.signature(prune_direct).parameters) - taken
     unknown = sorted(set(prune_kwargs) - allowed)
     if unknown:
         raise PrunelabError(
@@ -120,7 +114,6 @@ def _search(
 ) -> tuple[EffectiveSearch, nn.Module]:
     """Bisection on the pruned count; returns the result and the pruned copy of the chosen pruning."""
     target = _check(target, prune_kwargs)
-    prune = _prune_fn()
     start = _start_masks(model, prune_kwargs)
     total = start.num_total()
     if total == 0:
@@ -133,7 +126,7 @@ def _search(
     def meets(k: int) -> bool:
         if k not in cache:
             pruned_copy = copy.deepcopy(model)
-            masks = prune(pruned_copy, k / total, criterion, allocation, data, seed, **prune_kwargs)
+            masks = prune_direct(pruned_copy, k / total, criterion, allocation, data, seed, **prune_kwargs)
             eff = effective_masks(pruned_copy, masks, input_shape)
             eff = eff if isinstance(eff, Masks) else Masks(eff)
             cache[k] = (masks, eff, pruned_copy)

@@ -1,4 +1,4 @@
-"""Keep pruned weights at exactly zero while training (a ``prunelab.train`` callback).
+"""Keep pruned weights at exactly zero while training (a training callback).
 
 Zeroing weights once is not enough: weight decay and momentum (SGD ``momentum_buffer``, Adam
 ``exp_avg``/``exp_avg_sq``) would move a pruned weight away from zero at the next step. The enforcer
@@ -13,17 +13,11 @@ from typing import Any
 
 import torch
 
-from prunelab.pruning.masks import Masks
-
-try:  # the train module may not exist yet; the hooks below are all the loop needs
-    from prunelab.train import Callback as _CallbackBase  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on what is installed alongside
-
-    class _CallbackBase:  # type: ignore[no-redef]
-        """Stand-in with the hook names of ``prunelab.train.Callback``."""
+from prunelab.callbacks import Callback
+from prunelab.masks import Masks
 
 
-class MaskEnforcer(_CallbackBase):
+class MaskEnforcer(Callback):
     """Training callback that keeps ``masks`` enforced on ``state.model`` (and its optimizer state).
 
     Hooks used: ``on_train_begin(state)`` (zero pruned weights and their optimizer state),

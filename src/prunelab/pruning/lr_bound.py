@@ -36,16 +36,16 @@ import torch
 from prunelab.analysis.regions.bounds import expected_bound
 from prunelab.analysis.regions.rank import RANK_METHODS
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 from prunelab.pruning.allocation import (
     allocate_counts,
     as_masks,
     check_scores,
-    round_counts,
     check_sparsity,
+    round_counts,
     target_kept,
 )
 from prunelab.pruning.context import ALLOCATIONS, ScoreContext
-from prunelab.pruning.masks import Masks
 
 GRID_POINTS = 30
 MIN_STEP = 1e-3  # coordinate search stops when a step is below this fraction of the budget

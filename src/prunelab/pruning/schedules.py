@@ -2,7 +2,9 @@
 
 A schedule only decides *when*: it calls a ``prune_fn(model, sparsity, masks) -> Masks`` (which
 knows the criterion and allocation) at the right moments and trains in between with the masks
-enforced. Four schedules, each one registered function:
+enforced. Training itself is the context's ``fit`` (``prunelab.train.fit`` when the experiment
+runner builds the context): this package never imports the training loop, it only hands it
+callbacks (:class:`~prunelab.pruning.enforce.MaskEnforcer`, :class:`GradualPruning`, probes). Four schedules, each one registered function:
 
 - ``at_init``  prune the initialised network, then train it (Lee et al. 2019; Wang et al. 2020;
   Tanaka et al. 2020 all prune at initialisation).
@@ -12,7 +14,7 @@ enforced. Four schedules, each one registered function:
   {prune ``imp_rate`` of the remaining weights, rewind the kept weights to iteration k, retrain}
   until the target sparsity; the last round prunes exactly to the target. Each retraining uses the
   fine-tune config (set it equal to the training config for the classic lottery-ticket protocol).
-- ``earlybird`` (registered by :mod:`prunelab.train.earlybird`) train until the activation
+- ``earlybird`` (registered by :mod:`prunelab.pruning.earlybird`) train until the activation
   partition stops changing (You et al. 2020, 2022), prune there, retrain.
 - ``gradual``  polynomial pruning during training (Zhu & Gupta 2017, eq. 1):
   s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (n Δt))^3 for t in {t_0, t_0 + Δt, ..., t_0 + n Δt},
@@ -22,19 +24,22 @@ enforced. Four schedules, each one registered function:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
+from prunelab.callbacks import Callback
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 from prunelab.pruning.enforce import MaskEnforcer
-from prunelab.pruning.masks import Masks
 from prunelab.registry import Registry
-from prunelab.train import Callback, TrainConfig, fit
 
 PruneFn = Callable[[nn.Module, float, Optional[Masks]], Masks]
+#: ``fit(model, data, config, callbacks=..., progress=...) -> result with .history`` (``prunelab.train.fit``)
+FitFn = Callable[..., Any]
 StateDict = dict[str, torch.Tensor]
 
 SCHEDULES: Registry[Callable[["ScheduleContext"], "ScheduleResult"]] = Registry("schedule")
@@ -55,15 +60,18 @@ class DenseStage:
 
 @dataclass
 class ScheduleContext:
-    """What a schedule needs. ``dense()`` trains (or loads a cached) dense model on demand."""
+    """What a schedule needs. ``dense()`` trains (or loads a cached) dense model on demand; ``fit``
+    trains the model with callbacks (``prunelab.train.fit``); ``train`` / ``finetune`` are the
+    ``prunelab.train.TrainConfig`` of the two training stages."""
 
     model: nn.Module
     data: Any
-    train: TrainConfig
-    finetune: TrainConfig
+    train: Any
+    finetune: Any
     sparsity: float
     prune_fn: PruneFn
     dense: Callable[[], DenseStage]
+    fit: FitFn
     imp_rate: float = 0.2
     gradual_start: float = 0.1
     gradual_end: float = 0.6
@@ -81,11 +89,13 @@ class ScheduleResult:
     events: list[dict[str, Any]] = field(default_factory=list)  # one row per pruning event
 
 
-def _train(ctx: ScheduleContext, config: TrainConfig, masks: Masks | None, stage: str) -> list[dict]:
-    callbacks = list(ctx.callbacks)
-    if masks is not None:
-        callbacks.insert(0, MaskEnforcer(masks))
-    result = fit(ctx.model, ctx.data, config, callbacks=callbacks, progress=ctx.progress)
+def train_stage(ctx: ScheduleContext, config: Any, masks: Masks | None, stage: str,
+                extra: Sequence[Callback] = ()) -> list[dict]:
+    """Train ``ctx.model`` with ``config`` (masks enforced when given, then the context's callbacks,
+    then ``extra``); return the history rows tagged with ``stage``."""
+    callbacks: list[Callback] = [MaskEnforcer(masks)] if masks is not None else []
+    callbacks += [*ctx.callbacks, *extra]
+    result = ctx.fit(ctx.model, ctx.data, config, callbacks=callbacks, progress=ctx.progress)
     return [dict(row, stage=stage) for row in result.history]
 
 
@@ -97,7 +107,7 @@ def _event(stage: str, masks: Masks, **extra: Any) -> dict[str, Any]:
 def at_init(ctx: ScheduleContext) -> ScheduleResult:
     """Prune the freshly initialised model, then train it with the masks fixed."""
     masks = ctx.prune_fn(ctx.model, ctx.sparsity, None)
-    history = _train(ctx, ctx.train, masks, "train")
+    history = train_stage(ctx, ctx.train, masks, "train")
     return ScheduleResult(masks, history, [_event("init", masks)])
 
 
@@ -107,7 +117,7 @@ def oneshot(ctx: ScheduleContext) -> ScheduleResult:
     dense = ctx.dense()
     ctx.model.load_state_dict(dense.final)
     masks = ctx.prune_fn(ctx.model, ctx.sparsity, None)
-    history = list(dense.history) + _train(ctx, ctx.finetune, masks, "finetune")
+    history = list(dense.history) + train_stage(ctx, ctx.finetune, masks, "finetune")
     return ScheduleResult(masks, history, [_event("after_training", masks)])
 
 
@@ -144,7 +154,7 @@ def iterative_magnitude(ctx: ScheduleContext) -> ScheduleResult:
         ctx.model.load_state_dict(dense.rewind)  # rewind the kept weights
         masks.apply(ctx.model)
         events.append(_event(f"round{round_index}", masks, round=round_index))
-        history += _train(ctx, ctx.finetune, masks, f"round{round_index}")
+        history += train_stage(ctx, ctx.finetune, masks, f"round{round_index}")
     if masks is None:  # target sparsity 0: the dense model is the result
         masks = Masks.ones(ctx.model)
     return ScheduleResult(masks, history, events)
@@ -205,7 +215,7 @@ def gradual(ctx: ScheduleContext) -> ScheduleResult:
     saved = ctx.callbacks
     ctx.callbacks = [cb, *saved]
     try:
-        history = _train(ctx, ctx.train, None, "train")
+        history = train_stage(ctx, ctx.train, None, "train")
     finally:
         ctx.callbacks = saved
     masks = cb.masks

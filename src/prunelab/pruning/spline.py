@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 from prunelab.pruning.context import ScoreContext
-from prunelab.pruning.masks import Masks
 from prunelab.pruning.structured import (
     STRUCTURED,
     ChannelGroup,

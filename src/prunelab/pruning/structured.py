@@ -12,7 +12,7 @@ the filter:
   produces it (:class:`ResidualGates`), as Bartoldson et al.'s reference code does with
   ``out[:, mask] += shortcut(x)[:, mask]``.
 
-The parameter part is ordinary :class:`~prunelab.pruning.masks.Masks`: :func:`expand_unit_masks` turns
+The parameter part is ordinary :class:`~prunelab.masks.Masks`: :func:`expand_unit_masks` turns
 per-layer unit masks (``layer -> bool (units,)``) into parameter masks whose keys include biases and
 BatchNorm weights/biases. :class:`~prunelab.pruning.enforce.MaskEnforcer` accepts any parameter
 name, so it keeps all of them (values, gradients and optimizer state) at zero during training; note
@@ -43,8 +43,8 @@ import torch.fx as fx
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 from prunelab.pruning.context import ScoreContext
-from prunelab.pruning.masks import Masks
 from prunelab.registry import Registry
 
 UNIT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -5,12 +5,13 @@ See ``docs/training.md`` for the loop's hook order and the reproducibility guara
 
 from __future__ import annotations
 
-from prunelab.train.callbacks import Callback, L1Regularizer, TrainState
+from prunelab.analysis.evaluate import EvalResult, evaluate
+from prunelab.callbacks import Callback, TrainState
 from prunelab.train.checkpoint import load_checkpoint, meta_path, save_checkpoint, save_state_dict
 from prunelab.train.config import TrainConfig, config_error
-from prunelab.train.evaluate import EvalResult, evaluate
 from prunelab.train.loop import ROW_KEYS, TrainResult, fit, make_optimizer
 from prunelab.train.lr_schedule import lr_factor
+from prunelab.train.regularizers import L1Regularizer
 
 __all__ = [
     "ROW_KEYS",

@@ -1,4 +1,4 @@
-"""Jumpstart regularisation, and the dead / linear units of a trained network.
+"""Jumpstart regularisation: keep every ReLU unit alive and every point separated.
 
 Riera, Rey, Serra, Puertas & Pujol (CPAIOR 2022, "Training Thinner and Deeper Neural Networks:
 Jumpstart Regularization", Sec. 3): a ReLU unit that is inactive on every input (**dead**) passes no
@@ -22,23 +22,21 @@ Choices made here: the constrained tensors are the **inputs of the ReLUs** (reco
 after BatchNorm when there is one), not every layer's output as in the authors' code, which also
 constrains the logits; max/min use ``torch.amax``/``amin`` (gradient shared among ties).
 
-:func:`unit_report` counts, per ReLU layer on a dataset, the dead units (never > 0), the linear units
-(always > 0), and the points with no active / no inactive unit in that layer.
+The dead / linear unit counts that show its effect are an analysis: :func:`prunelab.analysis.units.unit_report`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from prunelab.analysis.partition import ReluInputs, masked_copy, for_each_batch
+from prunelab.analysis.partition import ReluInputs
+from prunelab.callbacks import Callback, TrainState
 from prunelab.errors import PrunelabError
-from prunelab.train.callbacks import Callback, TrainState
 
 AGGREGATES = ("norm", "mean")
 
@@ -142,79 +140,3 @@ class Jumpstart(Callback):
         if self._recorder is not None:
             self._recorder.__exit__(None, None, None)
             self._recorder = None
-
-
-# --- dead and linear units -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LayerUnits:
-    """One ReLU site on a dataset: units never active (dead), always active (linear); likewise points."""
-
-    site: str
-    units: int
-    dead: int
-    linear: int
-    points: int
-    dead_points: int
-    linear_points: int
-
-
-@dataclass(frozen=True)
-class UnitReport:
-    layers: list[LayerUnits] = field(default_factory=list)
-
-    @property
-    def dead(self) -> int:
-        return sum(l.dead for l in self.layers)
-
-    @property
-    def linear(self) -> int:
-        return sum(l.linear for l in self.layers)
-
-    @property
-    def units(self) -> int:
-        return sum(l.units for l in self.layers)
-
-    @property
-    def dead_layers(self) -> int:
-        """Layers whose units are all dead (the network's output is then constant)."""
-        return sum(l.dead == l.units for l in self.layers)
-
-    def to_row(self) -> dict[str, Any]:
-        return {"units": self.units, "dead_units": self.dead, "linear_units": self.linear,
-                "dead_layers": self.dead_layers,
-                "dead_per_layer": ";".join(str(l.dead) for l in self.layers),
-                "linear_per_layer": ";".join(str(l.linear) for l in self.layers)}
-
-
-def unit_report(model: nn.Module, x: Tensor, masks: Mapping[str, Tensor] | None = None,
-                batch_size: int = 1024) -> UnitReport:
-    """Dead and linear units (a conv unit is a channel: over all points and positions) of every ReLU site.
-
-    A unit is dead if its pre-activation is never > 0 on ``x``, linear if it is always > 0; a point is
-    dead (linear) in a layer if none (all) of the layer's units and positions are > 0. Eval mode;
-    ``masks`` are applied to a copy of the model.
-    """
-    net = masked_copy(model, masks)
-    hi: dict[str, Tensor] = {}
-    lo: dict[str, Tensor] = {}
-    dead_pts: dict[str, int] = {}
-    lin_pts: dict[str, int] = {}
-    for _, values in for_each_batch(net, x, batch_size):
-        for site, z in values.items():
-            if z.dim() < 2:
-                raise PrunelabError(f"ReLU site {site!r} has no unit axis (shape {tuple(z.shape)})")
-            if not bool(torch.isfinite(z).all()):
-                raise PrunelabError(f"pre-activations at ReLU site {site!r} are NaN or infinite (a diverged network?)")
-            dims = tuple(d for d in range(z.dim()) if d != 1)
-            zmax, zmin = z.amax(dim=dims).cpu(), z.amin(dim=dims).cpu()
-            hi[site] = zmax if site not in hi else torch.maximum(hi[site], zmax)
-            lo[site] = zmin if site not in lo else torch.minimum(lo[site], zmin)
-            flat = z.reshape(z.shape[0], -1)
-            dead_pts[site] = dead_pts.get(site, 0) + int((flat.amax(dim=1) <= 0).sum())
-            lin_pts[site] = lin_pts.get(site, 0) + int((flat.amin(dim=1) > 0).sum())
-    layers = [
-        LayerUnits(site=s, units=hi[s].numel(), dead=int((hi[s] <= 0).sum()), linear=int((lo[s] > 0).sum()),
-                   points=int(x.shape[0]), dead_points=dead_pts[s], linear_points=lin_pts[s])
-        for s in hi
-    ]
-    return UnitReport(layers)

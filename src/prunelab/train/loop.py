@@ -3,7 +3,7 @@
 Lean by design: the data stays on the device (:class:`~prunelab.data.loader.TensorLoader`), the
 running loss and accuracy are summed on the device and read once per epoch (no ``.item()`` per batch,
 which on a GPU would stall the queue of kernels every step), and everything else a run may want
-(pruning masks, regularisers, probes) comes in through :class:`~prunelab.train.callbacks.Callback`.
+(pruning masks, regularisers, probes) comes in through :class:`~prunelab.callbacks.Callback`.
 
 Reproducibility: ``fit`` seeds Python, NumPy and torch with ``config.seed`` and the loader's
 permutation and augmentation draws come from CPU generators seeded with ``seed + epoch``; two runs on
@@ -25,13 +25,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from prunelab.analysis.evaluate import EvalResult, evaluate
+from prunelab.callbacks import Callback, TrainState
 from prunelab.data.loader import TensorLoader
 from prunelab.errors import PrunelabError
-from prunelab.train.callbacks import Callback, L1Regularizer, TrainState
 from prunelab.train.config import TrainConfig
-from prunelab.train.evaluate import EvalResult, evaluate
+from prunelab.train.jumpstart import Jumpstart
 from prunelab.train.lr_schedule import lr_factor
 from prunelab.train.progress import ProgressBar
+from prunelab.train.regularizers import L1Regularizer
 from prunelab.utils import resolve_device, seed_everything
 
 ROW_KEYS = ("epoch", "iteration", "lr", "train_loss", "train_acc", "val_acc", "val_loss",
@@ -208,8 +210,6 @@ def fit(
     if config.l1 > 0:
         callbacks.insert(0, L1Regularizer(config.l1))
     if config.jumpstart > 0:
-        from prunelab.train.jumpstart import Jumpstart  # imported here: it needs the analysis package
-
         callbacks.insert(0, Jumpstart(config.jumpstart, aggregate=config.jumpstart_aggregate))
 
     device = resolve_device(config.device)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prunelab.analysis.exact.domain import Box
 from prunelab.analysis.affine import AffineLayer
+from prunelab.analysis.exact.domain import Box
 
 PAD = 1e-10
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prunelab.analysis.affine import AffineLayer
 from prunelab.analysis.exact.bounds import LayerBounds
 from prunelab.analysis.exact.domain import Box
 from prunelab.analysis.exact.forward import preactivations, sign_witnesses
 from prunelab.analysis.exact.milp import ACTIVE, FREE, INACTIVE
-from prunelab.analysis.affine import AffineLayer
 
 SEARCH_LR = 0.02  # Adam step, as a fraction of the mean box width
 SEARCH_CHECK = 25  # steps between forward-pass checks of the iterates

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import highspy
 import numpy as np
 
+from prunelab.analysis.affine import AffineLayer
 from prunelab.analysis.exact.bounds import LayerBounds
 from prunelab.analysis.exact.domain import Box
-from prunelab.analysis.affine import AffineLayer
 
 INF = highspy.kHighsInf
 TINY = 1e-7  # weights below TINY * (largest weight of their row) enter as an interval, see ReluMilp

@@ -11,7 +11,6 @@ running statistics, dropout is off) and restored afterwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,19 +18,9 @@ from torch.func import functional_call, grad, vmap
 
 from prunelab.errors import PrunelabError
 from prunelab.pruning.second_order.layout import Layout
+from prunelab.utils import eval_mode
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Temporarily switch ``model`` to eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def sample_pool(batches: Sequence[Batch], count: int, generator: torch.Generator) -> Batch:

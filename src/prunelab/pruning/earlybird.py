@@ -46,15 +46,11 @@ import torch
 from torch import nn
 
 from prunelab.analysis.partition import ActivationPatterns, activation_patterns, pattern_distance, sample_canvas
+from prunelab.callbacks import Callback, TrainState
 from prunelab.errors import PrunelabError
 from prunelab.pruning.context import ScoreContext
-from prunelab.pruning.enforce import MaskEnforcer
-from prunelab.pruning.masks import Masks
-from prunelab.pruning.schedules import SCHEDULES, ScheduleContext, ScheduleResult
+from prunelab.pruning.schedules import SCHEDULES, ScheduleContext, ScheduleResult, train_stage
 from prunelab.pruning.structured import STRUCTURED, ChannelGroup, UnitScores
-from prunelab.train.callbacks import Callback, TrainState
-from prunelab.train.config import TrainConfig
-from prunelab.train.loop import fit
 
 PARTITION_THRESHOLD = 0.16  # Spline-EB reference code, detect_eb(thres=0.16)
 PARTITION_WINDOW = 3  # ... lookback=3
@@ -282,13 +278,6 @@ def bn_scale_scores(
 
 
 # --- the schedule ----------------------------------------------------------------------------------
-def _fit(ctx: ScheduleContext, config: TrainConfig, extra: list[Callback], masks: Masks | None, stage: str) -> list[dict]:
-    callbacks: list[Callback] = [MaskEnforcer(masks)] if masks is not None else []
-    callbacks += list(ctx.callbacks) + extra
-    result = fit(ctx.model, ctx.data, config, callbacks=callbacks, progress=ctx.progress)
-    return [dict(row, stage=stage) for row in result.history]
-
-
 @SCHEDULES.register("earlybird")
 def earlybird(ctx: ScheduleContext) -> ScheduleResult:
     """Train from initialisation until the partition early bird, prune there, retrain (You et al. 2020, 2022).
@@ -306,11 +295,11 @@ def earlybird(ctx: ScheduleContext) -> ScheduleResult:
         getattr(ctx, "earlybird_window", PARTITION_WINDOW),
         stop=True,
     )
-    history = _fit(ctx, ctx.train, [detector], None, "search")
+    history = train_stage(ctx, ctx.train, None, "search", [detector])
     found = detector.found_epoch
     masks = ctx.prune_fn(ctx.model, ctx.sparsity, None)
     masks.apply(ctx.model)
     event = {"stage": "earlybird", "sparsity": masks.sparsity(), "eb_found": found is not None,
              "eb_epoch": found if found is not None else len(history)}
-    history += _fit(ctx, ctx.finetune, [], masks, "retrain")
+    history += train_stage(ctx, ctx.finetune, masks, "retrain")
     return ScheduleResult(masks, history, [event])

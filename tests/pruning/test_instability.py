@@ -11,19 +11,17 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab.analysis.stability import instability, stability_correlations, stability_summary
 from prunelab.errors import PrunelabError
 from prunelab.models import create
-from prunelab.pruning.structured import kept_units
-from prunelab.train import TrainConfig, fit
-from prunelab.train.stability import (
+from prunelab.pruning.instability import (
     IterativeStructuredPruning,
     LayerSchedule,
     TemporaryPruning,
     ZeroRestorePruning,
-    instability,
-    stability_correlations,
-    stability_summary,
 )
+from prunelab.pruning.structured import kept_units
+from prunelab.train import TrainConfig, fit
 
 torch.set_num_threads(1)
 

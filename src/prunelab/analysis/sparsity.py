@@ -27,14 +27,12 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from prunelab.analysis.effective import effective_masks
 from prunelab.errors import PrunelabError
-from prunelab.pruning.masks import Masks
+from prunelab.masks import Masks
+from prunelab.utils import compression_ratio, eval_mode
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _compression(dense: int, kept: int) -> float:
-    return dense / kept if kept else math.inf
 
 
 @dataclass
@@ -77,7 +75,7 @@ class SparsityReport:
     @property
     def compression(self) -> float:
         """Whole-model compression: all parameters / non-zero parameters."""
-        return _compression(self.params, self.nonzero)
+        return compression_ratio(self.params, self.nonzero)
 
     @property
     def effective_sparsity(self) -> float | None:
@@ -89,7 +87,7 @@ class SparsityReport:
     def effective_compression(self) -> float | None:
         if self.effective_kept is None:
             return None
-        return _compression(self.params, self.params - (self.prunable - self.effective_kept))
+        return compression_ratio(self.params, self.params - (self.prunable - self.effective_kept))
 
     def summary(self) -> dict[str, Any]:
         """Totals as a flat dict (the columns a results table needs)."""
@@ -215,10 +213,8 @@ def count_flops(
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     except PrunelabError:
         raise
@@ -227,7 +223,6 @@ def count_flops(
             f"could not run the model on a dummy input of shape {tuple(input_shape)} to count FLOPs: {exc}"
         ) from None
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return {name: (c[0], c[1]) for name, c in counts.items()}
@@ -235,10 +230,6 @@ def count_flops(
 
 def _effective(model: nn.Module, masks: Masks, input_shape: tuple[int, ...] | None):
     """(effective masks or None, note explaining a None)."""
-    try:
-        from prunelab.analysis.effective import effective_masks
-    except ImportError:
-        return None, "prunelab.analysis.effective is not available"
     try:
         return effective_masks(model, masks, input_shape=input_shape), None
     except PrunelabError as exc:  # e.g. an op the connectivity analysis does not support
@@ -276,14 +267,14 @@ def sparsity_report(
             params=params,
             nonzero=kept,
             sparsity=1.0 - kept / params if params else 0.0,
-            compression=_compression(params, kept),
+            compression=compression_ratio(params, kept),
         )
         if flops is not None and mod_name in flops:
             row.flops_dense, row.flops_sparse = flops[mod_name]
         if eff is not None and name in eff:
             eff_kept = int(torch.count_nonzero(eff[name]))
             row.effective_sparsity = 1.0 - eff_kept / params if params else 0.0
-            row.effective_compression = _compression(params, eff_kept)
+            row.effective_compression = compression_ratio(params, eff_kept)
         layers.append(row)
 
     total_params = sum(p.numel() for p in model.parameters())

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.utils import eval_mode
 
 
 @dataclass(frozen=True)
@@ -61,37 +62,31 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise PrunelabError(f"batch_size must be a positive integer, got {batch_size!r}")
     device = _device_of(model, x.device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            hits = count = None
-            classes = num_classes
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(device, non_blocking=True)
-                yb = y[start : start + batch_size].to(device, non_blocking=True).long()
-                out = model(xb)
-                if start == 0:
-                    if out.dim() != 2 or out.shape[0] != xb.shape[0]:
-                        raise PrunelabError(
-                            f"model output has shape {tuple(out.shape)}; expected (batch, num_classes) logits"
-                        )
-                    classes = classes or out.shape[1]
-                    top = int(y.max())
-                    if int(y.min()) < 0 or top >= min(classes, out.shape[1]):
-                        raise PrunelabError(
-                            f"labels must lie in 0..{min(classes, out.shape[1]) - 1}, found {int(y.min())}..{top}"
-                        )
-                    hits = torch.zeros(classes, dtype=torch.long, device=device)
-                    count = torch.zeros(classes, dtype=torch.long, device=device)
-                loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").double()
-                correct = out.argmax(dim=1) == yb
-                hits += torch.bincount(yb[correct], minlength=classes)[:classes]
-                count += torch.bincount(yb, minlength=classes)[:classes]
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model), torch.no_grad():
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        hits = count = None
+        classes = num_classes
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device, non_blocking=True)
+            yb = y[start : start + batch_size].to(device, non_blocking=True).long()
+            out = model(xb)
+            if start == 0:
+                if out.dim() != 2 or out.shape[0] != xb.shape[0]:
+                    raise PrunelabError(
+                        f"model output has shape {tuple(out.shape)}; expected (batch, num_classes) logits"
+                    )
+                classes = classes or out.shape[1]
+                top = int(y.max())
+                if int(y.min()) < 0 or top >= min(classes, out.shape[1]):
+                    raise PrunelabError(
+                        f"labels must lie in 0..{min(classes, out.shape[1]) - 1}, found {int(y.min())}..{top}"
+                    )
+                hits = torch.zeros(classes, dtype=torch.long, device=device)
+                count = torch.zeros(classes, dtype=torch.long, device=device)
+            loss_sum += F.cross_entropy(out.float(), yb, reduction="sum").double()
+            correct = out.argmax(dim=1) == yb
+            hits += torch.bincount(yb[correct], minlength=classes)[:classes]
+            count += torch.bincount(yb, minlength=classes)[:classes]
     assert hits is not None and count is not None and classes is not None
     n = int(x.shape[0])
     hits_l, count_l = hits.tolist(), count.tolist()

@@ -10,17 +10,16 @@ from torch import nn
 
 import prunelab
 from prunelab.errors import PrunelabError
-from prunelab.pruning.schedules import SCHEDULES, DenseStage, ScheduleContext
-from prunelab.pruning.structured import STRUCTURED, channel_groups
-from prunelab.train import Callback, TrainConfig, fit
-from prunelab.train.earlybird import (
+from prunelab.pruning.earlybird import (
     BNScaleL1,
     ChannelMaskEarlyBird,
     EarlyBirdDetector,
     PartitionEarlyBird,
     bn_channel_mask,
 )
-
+from prunelab.pruning.schedules import SCHEDULES, DenseStage, ScheduleContext
+from prunelab.pruning.structured import STRUCTURED, channel_groups
+from prunelab.train import Callback, TrainConfig, fit
 
 
 @dataclass
@@ -155,7 +154,7 @@ def test_earlybird_schedule_prunes_at_the_early_bird_and_retrains():
         raise AssertionError("the early-bird schedule trains from initialisation itself")
 
     ctx = ScheduleContext(model=model, data=d, train=config, finetune=config.model_copy(update={"epochs": 2}),
-                          sparsity=0.5, prune_fn=prune_fn, dense=dense, progress=False)
+                          sparsity=0.5, prune_fn=prune_fn, dense=dense, fit=fit, progress=False)
     ctx.earlybird_threshold, ctx.earlybird_window = 1.0, 1  # found as soon as there is one previous epoch
     result = SCHEDULES.get("earlybird")(ctx)
     stages = [r["stage"] for r in result.history]
