@@ -21,13 +21,19 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, validation_error
 from prunelab.train import TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The 16-hex-digit name of a folder whose content is determined by ``identity`` (a JSON dict)."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class PruneConfig(BaseModel):
@@ -105,8 +111,7 @@ class RunConfig(BaseModel):
         return d
 
     def run_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return identity_hash(self.identity())
 
     def dense_identity(self) -> dict[str, Any]:
         """What the dense (pre-pruning) model depends on: shared by every criterion of a sweep."""
@@ -114,8 +119,7 @@ class RunConfig(BaseModel):
         return {k: d[k] for k in ("dataset", "model", "model_kwargs", "val_fraction", "train", "seed")}
 
     def dense_hash(self) -> str:
-        blob = json.dumps(self.dense_identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return identity_hash(self.dense_identity())
 
     def finetune_config(self) -> TrainConfig:
         return self.finetune if self.finetune is not None else self.train
@@ -161,24 +165,12 @@ class SweepConfig(BaseModel):
         return runs
 
 
-def format_validation_error(err: ValidationError, what: str = "config") -> str:
-    """One line per problem: ``field: message (got value)``."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or what
-        msg = e["msg"].removeprefix("Value error, ")
-        val = e.get("input")
-        got = f" (got {val!r})" if val is not None and not isinstance(val, dict) else ""
-        parts.append(f"{loc}: {msg}{got}")
-    return f"invalid {what}: " + "; ".join(parts)
-
-
 def build(model: type[BaseModel], data: dict[str, Any], what: str = "config") -> Any:
     """Validate ``data`` into ``model``, turning pydantic's errors into one :class:`PrunelabError`."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise PrunelabError(format_validation_error(err, what)) from None
+        raise validation_error(err, what, model) from None
 
 
 def load_sweep(path: str | Path) -> SweepConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from prunelab.analysis.evaluate import EvalResult, evaluate
 from prunelab.callbacks import Callback, TrainState
 from prunelab.train.checkpoint import load_checkpoint, meta_path, save_checkpoint, save_state_dict
-from prunelab.train.config import TrainConfig, config_error
+from prunelab.train.config import TrainConfig
 from prunelab.train.loop import ROW_KEYS, TrainResult, fit, make_optimizer
 from prunelab.train.lr_schedule import lr_factor
 from prunelab.train.regularizers import L1Regularizer
@@ -21,7 +21,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
-    "config_error",
     "evaluate",
     "fit",
     "load_checkpoint",

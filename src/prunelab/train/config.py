@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from prunelab.errors import PrunelabError
+from prunelab.errors import validation_error
 from prunelab.utils import DEVICES
 
 DEFAULT_EPOCHS = 10
@@ -168,20 +168,4 @@ class TrainConfig(BaseModel):
         try:
             return cls(**kwargs)
         except ValidationError as exc:
-            raise config_error(exc) from None
-
-
-def config_error(exc: ValidationError) -> PrunelabError:
-    """One line naming each bad field and its value, e.g. ``lr=-0.1: lr must be a positive number``."""
-    parts = []
-    for err in exc.errors():
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        if err.get("type") == "extra_forbidden":
-            valid = ", ".join(TrainConfig.model_fields)
-            parts.append(f"unknown field {loc!r}; valid: {valid}")
-        elif loc:
-            parts.append(f"{loc}={err.get('input')!r}: {msg}")
-        else:
-            parts.append(msg)
-    return PrunelabError("invalid training config: " + "; ".join(parts))
+            raise validation_error(exc, "training config", cls) from None
