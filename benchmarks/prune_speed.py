@@ -20,32 +20,12 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import prunelab
+from prunelab.models import create
 from prunelab.pruning import Masks, from_torch_prune
 
 
-def vgg16_fallback(num_classes: int = 10) -> nn.Module:
-    """CIFAR VGG-16 (conv-BN-ReLU, 13 conv layers, global average pool, one Linear)."""
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-    layers: list[nn.Module] = []
-    c = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
-            c = v
-    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
-    model.input_shape = (3, 32, 32)  # type: ignore[attr-defined]
-    return model
-
-
 def build_model() -> tuple[nn.Module, str]:
-    try:
-        from prunelab.models import create
-
-        return create("vgg16", num_classes=10, input_shape=(3, 32, 32)), "prunelab.models vgg16"
-    except ImportError:
-        return vgg16_fallback(), "local fallback VGG-16"
+    return create("vgg16", num_classes=10, input_shape=(3, 32, 32)), "prunelab.models vgg16"
 
 
 def best_of(repeats: int, base: nn.Module, fn: Callable[[nn.Module], object]) -> tuple[float, object]:

@@ -9,8 +9,7 @@ sparsity, linear regions, exact compression, ...), ``experiments`` (the config-h
 from __future__ import annotations
 
 from prunelab.errors import PrunelabError
-
-__version__ = "0.1.0"
+from prunelab.version import __version__
 
 __all__ = ["PrunelabError", "__version__", "prune"]
 

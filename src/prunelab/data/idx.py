@@ -20,7 +20,6 @@ from prunelab.data.files import Checksum, digest, fetch, first_existing, not_fou
 from prunelab.errors import PrunelabError
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 def _sha(hexdigest: str) -> Checksum:

@@ -25,17 +25,18 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import prunelab
 from prunelab import data as data_mod
 from prunelab import models
 from prunelab.analysis.sparsity import sparsity_report
 from prunelab.experiments.config import RunConfig, SweepConfig
 from prunelab.masks import Masks
+from prunelab.pruning import prune
 from prunelab.pruning.schedules import SCHEDULES, DenseStage, ScheduleContext
 from prunelab.report.plots import accuracy_vs_compression
 from prunelab.report.tables import flatten, write_csv
 from prunelab.train import Callback, evaluate, fit, save_state_dict
 from prunelab.utils import atomic_write_json, atomic_write_text, resolve_device, seed_everything
+from prunelab.version import __version__
 
 
 @dataclass
@@ -95,7 +96,7 @@ def make_prune_fn(cfg: RunConfig, batches) -> Callable[[nn.Module, float, Option
         options.setdefault("weight_decay", cfg.train.weight_decay)
 
     def prune_fn(model: nn.Module, sparsity: float, masks: Optional[Masks]) -> Masks:
-        return prunelab.prune(
+        return prune(
             model,
             sparsity,
             criterion=p.criterion,
@@ -200,7 +201,7 @@ def run_one(
         seconds=round(time.time() - started, 2),
         device=str(device),
         torch_version=torch.__version__,
-        prunelab_version=prunelab.__version__,
+        prunelab_version=__version__,
     )
     accs = [r["test_acc"] for r in result.history if r.get("stage") != "dense" and r.get("test_acc") is not None]
     row["best_test_accuracy"] = max(accs) if accs else None

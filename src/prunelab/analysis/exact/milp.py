@@ -139,7 +139,6 @@ class ReluMilp:
             prev_h = h
             prev_lo = np.where(status == INACTIVE, 0.0, np.maximum(low, 0.0))
             prev_hi = np.where(status == INACTIVE, 0.0, np.maximum(high, 0.0))
-        self.num_binaries = int(sum((z >= 0).sum() for z in self.z_cols))
         self._flush()
 
     # -- model assembly -------------------------------------------------------------------------
