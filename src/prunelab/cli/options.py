@@ -1,6 +1,10 @@
-"""Turn typed (pydantic) config fields into command-line options, so the CLI and the Python API
-say the same thing: every field of :class:`~prunelab.train.TrainConfig` or
-:class:`~prunelab.experiments.config.PruneConfig` is a flag with the field's default and description.
+"""Command-line options shared by the commands, generated from the typed configs where they exist.
+
+Typed (pydantic) config fields become options, so the CLI and the Python API say the same thing:
+every field of :class:`~prunelab.train.TrainConfig` or :class:`~prunelab.experiments.config.PruneConfig`
+is a flag with the field's default and description (:func:`field_options`, read back with
+:func:`collect`). Also here: the Fisher flags of the second-order criteria and the parsers of
+comma-separated lists and model arguments (bad values raise a one-line ``PrunelabError``).
 """
 
 from __future__ import annotations
@@ -8,10 +12,12 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import click
 from pydantic import BaseModel
+
+from prunelab.errors import PrunelabError
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -133,3 +139,32 @@ def fisher_flags(f):
     f = click.option("--fisher-samples", type=click.IntRange(min=1), default=None,
                      help="number of Fisher gradients N  [default: 1000]")(f)
     return f
+
+
+def comma_list(text: Optional[str], kind: type, flag: str) -> Optional[list]:
+    """``"a,b,c"`` as a list of ``kind`` (None stays None: the option was not given)."""
+    if text is None:
+        return None
+    try:
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PrunelabError(f"{flag} {text!r} must be a comma-separated list of {kind.__name__}") from None
+
+
+def model_kwargs(widths: Optional[str], extra: Optional[str]) -> dict[str, Any]:
+    """The model's keyword arguments from ``--model-kwargs`` (JSON) and ``--widths`` (``300,100``)."""
+    kw: dict[str, Any] = {}
+    if extra:
+        try:
+            parsed = json.loads(extra)
+        except json.JSONDecodeError:
+            raise PrunelabError(f"--model-kwargs {extra!r} is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise PrunelabError(f"--model-kwargs {extra!r} must be a JSON object, e.g. '{{\"batch_norm\": false}}'")
+        kw.update(parsed)
+    if widths:
+        try:
+            kw["widths"] = [int(w) for w in widths.split(",")]
+        except ValueError:
+            raise PrunelabError(f"--widths {widths!r} must be comma-separated integers, e.g. 300,100") from None
+    return kw

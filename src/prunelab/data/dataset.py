@@ -62,6 +62,34 @@ class Dataset:
         }
         return replace(self, **moved)
 
+    def input_box(self, low: float, high: float) -> tuple[Tensor, Tensor]:
+        """The pixel box ``[low, high]`` (per pixel, in the [0, 1] units of the raw images) in the
+        model's input space: ``(lower, upper)`` float64 CPU tensors with one entry per input, in the
+        order of ``x.flatten()``, i.e. ``(pixel - mean) / std`` of each input's channel.
+
+        With ``normalize=False`` (mean 0, std 1) this is the box itself; for standardised data it is
+        the set of inputs whose pixels lie in ``[low, high]`` (e.g. the domain of exact compression).
+        """
+        for which, v in (("low", low), ("high", high)):
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
+                raise PrunelabError(f"input box {which} bound must be a finite number, got {v!r}")
+        if low > high:
+            raise PrunelabError(f"input box [{low}, {high}] is empty; need low <= high")
+        shape = tuple(self.input_shape)
+        if not shape or len(self.mean) != shape[0] or len(self.std) != shape[0]:
+            raise PrunelabError(
+                f"dataset {self.name!r} has {len(self.mean)} channel means and {len(self.std)} stds "
+                f"but input shape {shape}; need one per channel (the first input dimension)"
+            )
+        mean = torch.tensor(self.mean, dtype=torch.float64)
+        std = torch.tensor(self.std, dtype=torch.float64)
+        view = (-1,) + (1,) * (len(shape) - 1)
+
+        def mapped(pixel: float) -> Tensor:
+            return ((float(pixel) - mean) / std).reshape(view).expand(shape).flatten()
+
+        return mapped(low), mapped(high)
+
     def __repr__(self) -> str:
         val = 0 if self.y_val is None else len(self.y_val)
         return (
