@@ -15,12 +15,14 @@ density family (``uniform``, ``uniform_plus``, ``erk``, ``igq``), solved so the 
 to the target (a layer cannot keep more than it has now), then round the counts: floors first, the
 remainder to the largest fractional parts (earlier layer first on ties). :func:`layer_densities`
 exposes the real-valued densities. An explicit ``{layer: sparsity}`` mapping is
-:class:`ExplicitAllocation`.
+:class:`ExplicitAllocation`. :func:`validate_allocation` checks an allocation against a model before
+any work (e.g. before dense training in an experiment).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +39,7 @@ Scores = Mapping[str, torch.Tensor]
 # --- shared pieces -------------------------------------------------------------------------------
 def check_sparsity(sparsity: object, what: str = "sparsity") -> float:
     """``sparsity`` as a float in [0, 1), or a PrunelabError naming it."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not math.isfinite(sparsity):
         raise PrunelabError(f"{what} must be a number in [0, 1) (fraction of weights removed), got {sparsity!r}")
     if not 0.0 <= float(sparsity) < 1.0:
         raise PrunelabError(f"{what} must be in [0, 1) (fraction of weights removed), got {sparsity!r}")
@@ -320,11 +322,11 @@ total hits the target; larger layers are pruned more."""
 class ExplicitAllocation:
     """Per-layer sparsities given by the user: ``ExplicitAllocation({"fc1.weight": 0.9, ...})``.
 
-    Keys are mask names (``"fc1.weight"``) or module names (``"fc1"``). Listed layers get their
-    sparsity (``round`` of the real count, adjusted by at most one weight so the total is exact);
-    unlisted layers share one uniform density chosen so the overall sparsity hits the target. When
-    every layer is listed, the implied overall sparsity must match the requested one (within one
-    weight per layer), else a PrunelabError gives the implied value.
+    Keys are mask names (``"fc1.weight"``) or module names (``"fc1"``); values are sparsities in
+    [0, 1). Listed layers get their sparsity (``round`` of the real count, adjusted by at most one
+    weight so the total is exact); unlisted layers share one uniform density chosen so the overall
+    sparsity hits the target. When every layer is listed, the implied overall sparsity must match the
+    requested one (within one weight per layer), else a PrunelabError gives the implied value.
     """
 
     def __init__(self, sparsities: Mapping[str, float]) -> None:
@@ -333,28 +335,46 @@ class ExplicitAllocation:
         for k, v in sparsities.items():
             if not isinstance(k, str):
                 raise PrunelabError(f"explicit allocation keys must be layer names, got {k!r}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-                raise PrunelabError(f"sparsity of layer {k!r} must be a number in [0, 1], got {v!r}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, numbers.Real)
+                or not math.isfinite(v)
+                or not 0.0 <= float(v) < 1.0
+            ):
+                raise PrunelabError(
+                    f"sparsity of layer {k!r} must be a number in [0, 1) (fraction of its weights removed), "
+                    f"got {v!r}"
+                )
         self.sparsities = {k: float(v) for k, v in sparsities.items()}
 
     def resolve(self, masks: Masks) -> dict[str, float]:
         """Mask name -> sparsity, accepting module names; unknown names are an error listing the layers."""
         out: dict[str, float] = {}
+        given_as: dict[str, str] = {}
+        unknown = []
         for key, s in self.sparsities.items():
             name = key if key in masks else f"{key}.weight"
             if name not in masks:
-                raise PrunelabError(f"explicit allocation names layer {key!r}, which is not prunable; layers: {', '.join(masks)}")
+                unknown.append(key)
+                continue
             if name in out:
-                raise PrunelabError(f"explicit allocation gives layer {name!r} twice")
-            out[name] = s
+                raise PrunelabError(
+                    f"explicit allocation gives layer {name!r} twice (as {given_as[name]!r} and {key!r})"
+                )
+            out[name], given_as[name] = s, key
+        if unknown:
+            what = "layer" if len(unknown) == 1 else "layers"
+            raise PrunelabError(
+                f"explicit allocation names {what} {', '.join(map(repr, unknown))}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not prunable; layers: {', '.join(masks)}"
+            )
         return out
 
-    def __call__(
-        self, scores: Scores, masks: Mapping[str, torch.Tensor], sparsity: float, ctx: ScoreContext | None = None
-    ) -> Masks:
-        masks = as_masks(masks)
-        sparsity = check_sparsity(sparsity)
-        check_scores(scores, masks)
+    def plan(self, masks: Masks, sparsity: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """(real kept count per layer, caps, total kept) for ``masks`` at ``sparsity``, or a PrunelabError.
+
+        Needs no scores, so it checks an allocation before any scoring (see :func:`validate_allocation`).
+        """
         fixed = self.resolve(masks)
         keep_total = target_kept(masks, sparsity)
         names = list(masks)
@@ -370,6 +390,7 @@ class ExplicitAllocation:
                         f"{caps[i] / n[i]:.6f}; pruned weights are never revived"
                     )
         free = np.array([k not in fixed for k in names])
+        listed = int(round(real[~free].sum()))
         rest = keep_total - real[~free].sum()
         if not free.any():
             if abs(rest) > len(names):
@@ -379,14 +400,77 @@ class ExplicitAllocation:
                     f"not {sparsity!r}; pass sparsity={implied:.6f}"
                 )
         else:
+            unlisted = ", ".join(k for k, f in zip(names, free) if f)
             room = float(caps[free].sum())
-            if rest < -0.5 or rest > room + 0.5:
+            if rest < -0.5:
                 raise PrunelabError(
-                    f"the explicit allocation fixes {int(round(real[~free].sum()))} kept weights in the listed "
-                    f"layers; reaching sparsity {sparsity!r} would need the unlisted layers "
-                    f"({', '.join(k for k, f in zip(names, free) if f)}) to keep {int(round(rest))} weights, "
-                    f"but they can keep between 0 and {int(room)}"
+                    f"the explicit allocation keeps {listed} weights in the listed layers "
+                    f"({', '.join(fixed)}), more than the {keep_total} that sparsity {sparsity!r} keeps "
+                    f"overall even with the unlisted layers ({unlisted}) emptied: raise the listed "
+                    "sparsities or lower the overall sparsity"
+                )
+            if rest > room + 0.5:
+                raise PrunelabError(
+                    f"the explicit allocation keeps {listed} weights in the listed layers; reaching sparsity "
+                    f"{sparsity!r} ({keep_total} kept) would need the unlisted layers ({unlisted}) to keep "
+                    f"{int(round(rest))} weights, but they hold only {int(room)}: lower the listed "
+                    "sparsities or raise the overall sparsity"
                 )
             n_free, caps_free = n[free], caps[free]
             real[free] = _solve(lambda t: np.minimum(t * n_free, caps_free), 0.0, 1.0, max(rest, 0.0))
+        return real, caps, keep_total
+
+    def __call__(
+        self, scores: Scores, masks: Mapping[str, torch.Tensor], sparsity: float, ctx: ScoreContext | None = None
+    ) -> Masks:
+        masks = as_masks(masks)
+        sparsity = check_sparsity(sparsity)
+        check_scores(scores, masks)
+        real, caps, keep_total = self.plan(masks, sparsity)
         return allocate_counts(scores, masks, round_counts(real, caps, keep_total))
+
+
+def validate_allocation(
+    model_or_masks: nn.Module | Mapping[str, torch.Tensor],
+    allocation: str | Mapping[str, float] | Callable[..., Masks],
+    sparsity: float | None = None,
+    *,
+    include: tuple[type[nn.Module], ...] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """Check ``allocation`` against a model (its fresh masks, ``include``/``exclude`` as in ``prune``) or
+    masks, before any work: a PrunelabError naming the bad value, else None.
+
+    A name must be registered in ``ALLOCATIONS`` (the error lists them); a ``{layer: sparsity}``
+    mapping must name prunable layers (module or parameter names; the error lists the valid ones),
+    each once, with sparsities in [0, 1); a function is accepted as is. With ``sparsity`` (the overall
+    target) the mapping must also be reachable (unlisted layers able to make up the rest; every layer
+    listed -> the implied sparsity must match), and a density allocation (``uniform``,
+    ``uniform_plus``, ``erk``, ``igq``) must be able to reach it. An experiment calls this before
+    dense training, so a bad allocation fails in a second, not after the training.
+    """
+    if isinstance(model_or_masks, nn.Module):
+        masks = Masks.ones(model_or_masks, include, exclude)
+        if not masks:
+            raise PrunelabError(
+                f"model {type(model_or_masks).__name__} has no prunable layer (include={include!r}, "
+                f"exclude={exclude!r}); by default the weights of Linear and Conv1d/2d/3d layers are prunable"
+            )
+    else:
+        masks = as_masks(model_or_masks)
+    target = check_sparsity(sparsity) if sparsity is not None else None
+    if isinstance(allocation, str):
+        ALLOCATIONS.get(allocation)
+        if target is not None and allocation.lower() in _FAMILIES:
+            _real_counts(allocation.lower(), masks, target)
+    elif isinstance(allocation, Mapping):
+        explicit = ExplicitAllocation(allocation)
+        if target is not None:
+            explicit.plan(masks, target)
+        else:
+            explicit.resolve(masks)
+    elif not callable(allocation):
+        raise PrunelabError(
+            f"allocation must be a name ({', '.join(ALLOCATIONS.names())}), a {{layer: sparsity}} mapping "
+            f"or a function, got {allocation!r}"
+        )

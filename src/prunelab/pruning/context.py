@@ -11,11 +11,17 @@ is ``sparsity`` to within one weight. Already-pruned weights stay pruned.
 An **update** is ``fn(model, old_masks, new_masks, ctx) -> None``: after a mask is chosen, change the
 remaining weights in place (OBS, CBS-U). A criterion may name its default update through the attribute
 ``fn.default_update = "name"``; ``prunelab.prune(update=None)`` turns updates off.
+
+A criterion or update that reads ``ctx.batches`` says so with ``fn.needs_data = True`` (see
+:func:`needs_data`): ``prunelab.prune`` then refuses to run it without data, before any work is done.
+Data itself is checked once, up front, by :func:`as_batches` (structure, x/y lengths, empty batches,
+non-finite inputs) and :func:`check_data` (one probe forward pass: input shape, label dtype and range).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,6 +30,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry
+from prunelab.utils import eval_mode
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -50,12 +57,11 @@ class ScoreContext:
     options: dict[str, Any] = field(default_factory=dict)
 
     def require_data(self, who: str) -> list[Batch]:
-        """The batches, or a clear error saying that criterion ``who`` needs data."""
+        """The batches, or a clear error saying that criterion ``who`` needs data (none, or 0 samples)."""
         if not self.batches:
-            raise PrunelabError(
-                f"criterion {who!r} is data-dependent: pass data=(inputs, targets) or an iterable of "
-                "such batches to prunelab.prune"
-            )
+            raise PrunelabError(no_data_message(who))
+        if all(int(x.shape[0]) == 0 for x, _ in self.batches):
+            raise PrunelabError(zero_samples_message(who))
         return self.batches
 
     def generator(self, offset: int = 0) -> torch.Generator:
@@ -63,8 +69,31 @@ class ScoreContext:
         return torch.Generator().manual_seed(int(self.seed) + int(offset))
 
 
-def as_batches(data: Any, device: torch.device | str = "cpu") -> list[Batch] | None:
-    """Normalise ``data`` (None, an (x, y) pair of tensors, or an iterable of pairs) to a batch list."""
+def needs_data(fn: Any) -> bool:
+    """Whether criterion/update ``fn`` reads ``ctx.batches`` (flagged ``fn.needs_data = True``)."""
+    return bool(getattr(fn, "needs_data", False))
+
+
+def no_data_message(who: str, kind: str = "criterion") -> str:
+    return (
+        f"{kind} {who!r} is data-dependent: pass data=(inputs, targets) or an iterable of "
+        "such batches to prunelab.prune"
+    )
+
+
+def zero_samples_message(who: str | None) -> str:
+    whose = f"data for criterion {who!r}" if who else "data"
+    return f"{whose} has 0 samples: give at least one (inputs, targets) batch with at least one sample"
+
+
+def as_batches(data: Any, device: torch.device | str = "cpu", *, who: str | None = None) -> list[Batch] | None:
+    """Normalise ``data`` (None, an (x, y) pair of tensors, or an iterable of pairs) to a batch list.
+
+    Checks what needs no model: every item is a pair of tensors with a batch dimension, inputs and
+    targets of a batch have the same length, no batch is empty (a mean over 0 samples is NaN), all
+    batches have the same per-sample input shape, and the inputs are finite. ``who`` (the criterion)
+    is named in the error for data with 0 samples.
+    """
     if data is None:
         return None
     if (
@@ -89,5 +118,125 @@ def as_batches(data: Any, device: torch.device | str = "cpu") -> list[Batch] | N
             f"got {type(data).__name__}"
         ) from None
     if not out:
-        raise PrunelabError("data is empty: give at least one (inputs, targets) batch")
+        raise PrunelabError(zero_samples_message(who))
+    for i, (x, y) in enumerate(out):
+        if x.dim() == 0 or y.dim() == 0:
+            which = "inputs" if x.dim() == 0 else "targets"
+            raise PrunelabError(
+                f"data: the {which} of {_where(i, out)} are a 0-d tensor; inputs must be (N, *input_shape) "
+                "and targets (N, ...), the batch dimension first"
+            )
+    if all(int(x.shape[0]) == 0 for x, _ in out):
+        raise PrunelabError(zero_samples_message(who))
+    first = None
+    for i, (x, y) in enumerate(out):
+        where = _where(i, out)
+        if x.shape[0] != y.shape[0]:
+            raise PrunelabError(
+                f"data: {where} has {x.shape[0]} inputs but {y.shape[0]} targets "
+                f"(shapes {tuple(x.shape)} and {tuple(y.shape)}); they must have the same length"
+            )
+        if x.shape[0] == 0:
+            raise PrunelabError(
+                f"data: {where} of {len(out)} has 0 samples; every batch needs at least one "
+                "(a mean loss over 0 samples is NaN)"
+            )
+        if first is None:
+            first = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != first:
+            raise PrunelabError(
+                f"data: {where} has inputs of shape {tuple(x.shape)} but batch 0 has per-sample shape "
+                f"{first}; every batch must have the same per-sample shape"
+            )
+        if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+            raise PrunelabError(f"data: the inputs of {where} contain NaN or inf")
     return out
+
+
+def _where(i: int, batches: list[Batch]) -> str:
+    return f"batch {i}" if len(batches) > 1 else "the batch"
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_data(
+    model: nn.Module,
+    batches: list[Batch],
+    *,
+    input_shape: Sequence[int] | None = None,
+    class_labels: bool = True,
+) -> list[Batch]:
+    """Check ``batches`` (from :func:`as_batches`) against ``model``; return them, labels as int64.
+
+    One probe forward pass on (at most) two samples of the first batch, in eval mode without
+    gradients (the model is not changed), turns a shape or dtype mismatch into a PrunelabError that
+    gives the data's shape and the one the model takes (``input_shape``, e.g. ``model.input_shape``),
+    instead of a RuntimeError from inside torch. With ``class_labels`` (the default cross-entropy
+    loss) the targets must be integer class indices (not float, not bool) of shape (N,) — (N, d1, ...)
+    for outputs (N, C, d1, ...) — in 0..C-1, C the model's output width; integer labels of another
+    dtype are converted to int64 (cross-entropy takes only int64). With a custom loss the targets are
+    the loss's business and are not checked.
+    """
+    x0 = batches[0][0][:2]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x0)
+    except PrunelabError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise PrunelabError(_forward_failure(model, batches[0][0], input_shape, exc)) from None
+    if not class_labels:
+        return batches
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PrunelabError(
+            f"data: the model's output for {x0.shape[0]} inputs has shape {shape}; the default "
+            "cross-entropy loss needs logits of shape (N, C): pass loss_fn= for other outputs"
+        )
+    classes = int(out.shape[1])
+    fixed: list[Batch] = []
+    lo, hi = math.inf, -math.inf
+    for i, (x, y) in enumerate(batches):
+        where = _where(i, batches)
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            raise PrunelabError(
+                f"data: the targets of {where} have dtype {y.dtype}; the default cross-entropy loss needs "
+                f"integer class labels (int64) in 0..{classes - 1}: convert them (y.long()) or pass loss_fn="
+            )
+        want = (x.shape[0], *out.shape[2:])
+        if tuple(y.shape) != tuple(want):
+            raise PrunelabError(
+                f"data: the targets of {where} have shape {tuple(y.shape)}, but for model outputs of shape "
+                f"(N, {classes}{''.join(f', {d}' for d in out.shape[2:])}) cross-entropy needs class "
+                f"indices of shape {tuple(want)}"
+            )
+        if y.dtype != torch.int64:
+            y = y.long()
+        b_lo, b_hi = torch.aminmax(y)
+        lo, hi = min(lo, int(b_lo)), max(hi, int(b_hi))
+        fixed.append((x, y))
+    if lo < 0 or hi >= classes:
+        raise PrunelabError(
+            f"data: labels must be class indices in 0..{classes - 1} (the model has {classes} outputs), "
+            f"got labels from {lo} to {hi}"
+        )
+    return fixed
+
+
+def _forward_failure(model: nn.Module, x: torch.Tensor, input_shape: Sequence[int] | None, exc: BaseException) -> str:
+    per_sample = tuple(x.shape[1:])
+    if input_shape is not None and per_sample != tuple(input_shape):
+        return (
+            f"data: inputs have shape {tuple(x.shape)} but the model takes {tuple(input_shape)} per sample: "
+            f"give inputs of shape (N, {', '.join(map(str, input_shape))})"
+        )
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and x.dtype != weight.dtype:
+        return (
+            f"data: inputs have dtype {x.dtype} but the model's weights are {weight.dtype}: convert the "
+            f"inputs (torch: {_first_line(exc)})"
+        )
+    return f"data: the model's forward pass fails on inputs of shape {tuple(x.shape)}: {_first_line(exc)}"

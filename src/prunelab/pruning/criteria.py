@@ -155,7 +155,7 @@ synflow.iterative = True  # type: ignore[attr-defined]
 synflow.default_iterations = 100  # type: ignore[attr-defined]
 
 
-# --- data-dependent criteria -------------------------------------------------------------------
+# --- data-dependent criteria (flagged ``needs_data``: prune refuses to run them without data) ----
 @CRITERIA.register("snip")
 def snip(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """SNIP (Lee, Ajanthan & Torr, ICLR 2019, Eq. 6): connection sensitivity |g ⊙ w|.
@@ -168,6 +168,9 @@ def snip(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext)
     with scoring_mode(model, ctx):
         grads = _grad_of_loss_sum(model, weights, ctx, "snip")
     return {k: (g * w.detach()).abs_() for (k, w), g in zip(weights.items(), grads)}
+
+
+snip.needs_data = True  # type: ignore[attr-defined]
 
 
 @CRITERIA.register("grasp")
@@ -199,3 +202,6 @@ def grasp(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext
                 parts = torch.autograd.grad(z, leaves, allow_unused=True)
                 hg = [h + p if p is not None else h for h, p in zip(hg, parts)]
     return {k: (w.detach() * h) for (k, w), h in zip(weights.items(), hg)}
+
+
+grasp.needs_data = True  # type: ignore[attr-defined]

@@ -20,7 +20,16 @@ from prunelab.masks import Masks
 # Importing the modules registers the built-in criteria (and, above, the allocations).
 from prunelab.pruning import criteria as _criteria  # noqa: F401
 from prunelab.pruning.allocation import ExplicitAllocation, check_sparsity
-from prunelab.pruning.context import ALLOCATIONS, CRITERIA, UPDATES, ScoreContext, as_batches
+from prunelab.pruning.context import (
+    ALLOCATIONS,
+    CRITERIA,
+    UPDATES,
+    ScoreContext,
+    as_batches,
+    check_data,
+    needs_data,
+    no_data_message,
+)
 from prunelab.utils import resolve_device
 
 
@@ -83,10 +92,19 @@ def prune_direct(
     if options is not None and not isinstance(options, Mapping):
         raise PrunelabError(f"options must be a dict of criterion settings, got {options!r}")
     options = dict(options or {})
+    if loss_fn is not None and not callable(loss_fn):
+        raise PrunelabError(f"loss_fn must be a function (outputs, targets) -> scalar loss, got {loss_fn!r}")
 
     score_fn = _pick(CRITERIA, criterion, "criterion")
+    criterion_name = criterion.lower() if isinstance(criterion, str) else getattr(score_fn, "__name__", "custom")
     allocate = ExplicitAllocation(allocation) if isinstance(allocation, Mapping) else _pick(ALLOCATIONS, allocation, "allocation")
     update_fn = _update_fn(update, score_fn)
+    if data is None:  # fail before any work (an unflagged criterion still fails in ctx.require_data)
+        if needs_data(score_fn):
+            raise PrunelabError(no_data_message(criterion_name))
+        if needs_data(update_fn):
+            name = update if isinstance(update, str) and update != "auto" else score_fn.default_update  # type: ignore[attr-defined]
+            raise PrunelabError(no_data_message(name, "update"))
     allocation_name = (
         allocation.lower() if isinstance(allocation, str)
         else "explicit" if isinstance(allocation, Mapping) else getattr(allocation, "__name__", "custom")
@@ -123,8 +141,14 @@ def prune_direct(
             f"an explicit per-layer allocation is one-shot, but {n_rounds} rounds were asked for "
             "(iterations / options['iterations'] / an iterative criterion): pass iterations=1"
         )
-    batches = as_batches(data, dev)
+    if isinstance(allocate, ExplicitAllocation):  # unknown layers / unreachable targets before scoring
+        allocate.plan(masks, sparsity)
+    # data is checked once, up front: structure and lengths, then one probe forward pass (shapes, labels)
+    batches = as_batches(data, dev, who=criterion_name)
     input_shape = resolve_input_shape(model, None)
+    if batches is not None:
+        default_loss = loss_fn is None or loss_fn is nn.functional.cross_entropy
+        batches = check_data(model, batches, input_shape=input_shape, class_labels=default_loss)
     if input_shape is None and batches:
         input_shape = tuple(batches[0][0].shape[1:])
     ctx = ScoreContext(

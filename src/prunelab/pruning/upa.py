@@ -65,3 +65,6 @@ def upa(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) 
             parts = torch.autograd.grad(loss, leaves, allow_unused=True)
             grads = [g + p if p is not None else g for g, p in zip(grads, parts)]
     return {k: (-w.detach() * g + lam * w.detach().square()).abs_() for (k, w), g in zip(weights.items(), grads)}
+
+
+upa.needs_data = True  # type: ignore[attr-defined]
