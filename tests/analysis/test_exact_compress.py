@@ -117,6 +117,40 @@ def test_dependent_active_units_fold_into_next_layer():
     assert max_diff(net, result.model, 2) < 1e-5
 
 
+def test_units_removed_and_connections_removed_are_reported_apart():
+    # over [0,1]^2: units 0,1 unstable; 2 active; 3 = unit 2 / 2 (dependent); 4 constant 0.7
+    # (a zero row: dependent too); 5 dead (negative weights and bias on non-negative inputs)
+    w1 = [[1.0, -1.0], [-1.0, 1.0], [1.0, 2.0], [0.5, 1.0], [0.0, 0.0], [-1.0, -1.0]]
+    b1 = [0.0, 0.1, 1.0, 0.9, 0.7, -0.5]
+    w2 = [[1.0, -2.0, 0.5, 1.5, 2.0, 0.7], [0.3, 1.0, -1.0, 0.25, -1.0, -0.4]]
+    net = mlp_from([(w1, b1), (w2, [0.2, -0.1])])
+    stable = find_stable_neurons(net)
+    assert stable.layers[0].status == ["unstable", "unstable", "active", "active", "active", "inactive"]
+    row = compress(net, stable).to_row()
+    # by hand: 1 dead unit deleted, units 3 and 4 folded into unit 2 -> 3 of 6 hidden units left
+    assert (row["inactive_removed"], row["active_folded"], row["neurons_removed"]) == (1, 2, 3)
+    assert row["neurons_removed_fraction"] == 0.5 and row["neurons_removed_per_layer"] == "3"
+    # connections: before 10 non-zero weights in W1 (the zero row has none) + 12 in W2 = 22;
+    # after W1 rows 0-2 (6) + a dense 2 x 3 W2 (6) = 12, so 10/22 removed
+    assert (row["connections_before"], row["connections_after"]) == (22, 12)
+    assert row["connections_removed_fraction"] == round(10 / 22, 6)
+
+
+def test_merged_layer_counts_as_active_units_removed():
+    # the 3-4-5-2 net of the first test: layer 1 (4 active units) merged away, 1 dead unit in layer 2
+    w1 = [[1.0, 0.5, 0.2], [0.3, 1.0, 0.1], [0.2, 0.2, 1.0], [0.5, 0.5, 0.5]]
+    w2 = [[-1.0, -0.5, -0.3, -0.2], [1.0, -1.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0], [0.5, 0.0, 0.5, -1.0], [-1.0, 0.0, 1.0, 0.0]]
+    net = mlp_from([(w1, [0.1, 0.2, 0.3, 0.1]), (w2, [-0.1, 0.0, 0.05, 0.0, 0.1]), ([[1.0, 2.0, -1.0, 0.5, 1.0], [-1.0, 0.5, 1.0, 2.0, -0.5]], [0.0, 0.1])])
+    result = compress(net, find_stable_neurons(net))
+    row = result.to_row()
+    assert (row["inactive_removed"], row["active_folded"], row["neurons_removed_per_layer"]) == (1, 4, "4,1")
+    assert row["neurons_removed_fraction"] == round(5 / 9, 6)
+    # 12 + 13 + 10 = 35 weights before; after, the merged 4 x 3 product (W2[1:] W1, no zero entry:
+    # rows [.7,-.5,.1], [.1,.8,-.9], [.1,-.15,.1], [-.8,-.3,.8]) and the 2 x 4 output layer = 20
+    assert (row["connections_before"], row["connections_after"]) == (35, 20)
+    assert row["connections_removed_fraction"] == round(15 / 35, 6)
+
+
 def test_merge_rules():
     w1 = [[1.0, 0.5, 0.2], [0.3, 1.0, 0.1], [0.2, 0.2, 1.0], [0.5, 0.5, 0.5]]
     net = mlp_from([(w1, [0.1, 0.2, 0.3, 0.1]), ([[1.0, -1.0, 0.5, 0.2], [0.5, 1.0, -1.0, 0.3]], [0.0, 0.0])])

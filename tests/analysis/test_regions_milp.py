@@ -7,9 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from scipy.optimize import linprog
+from torch import nn
 
 from prunelab.analysis.regions import count_box, count_plane, count_regions_milp, interval_bounds
 from prunelab.analysis.regions.count_milp import stable_units

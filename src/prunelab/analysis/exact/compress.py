@@ -39,10 +39,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
+from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.analysis.exact.domain import Box, make_box, points_in_box
 from prunelab.analysis.exact.forward import chunks, outputs
 from prunelab.analysis.exact.stable import StabilityResult
-from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.errors import PrunelabError
 from prunelab.utils import atomic_write_bytes
 
@@ -56,7 +56,13 @@ class CompressionResult:
     """The compressed ``model`` (``nn.Sequential(Flatten, Linear, ReLU, ..., Linear)``), its size
     before/after (hidden neurons, Linear layers, connections = non-zero weights) and the check that it
     matches the original: ``verified``, ``max_abs_diff``, ``tolerance``, ``n_points``, ``n_ties``.
-    ``per_layer`` has one dict per original hidden layer (units removed, folded, kept, merged)."""
+    ``per_layer`` has one dict per original hidden layer (units removed, folded, kept, merged).
+
+    Two size metrics, not to be confused: ``neurons_removed_fraction`` (hidden units removed over
+    hidden units, ``inactive_removed + active_folded`` of them) is what Serra, Kumar & Ramalingam
+    (CPAIOR 2020, Table 1) report as "network compression"; ``connections_removed_fraction`` (non-zero
+    weights removed) is the usual pruning measure and can be much smaller, since folding and merging
+    may fill zeros of the next layer."""
 
     model: nn.Sequential
     widths_before: list[int]
@@ -90,6 +96,25 @@ class CompressionResult:
     def connections_removed_fraction(self) -> float:
         return 1.0 - self.connections_after / max(self.connections_before, 1)
 
+    @property
+    def neurons_removed_fraction(self) -> float:
+        """Hidden units removed over hidden units: the "network compression" of CPAIOR 2020, Table 1."""
+        return 1.0 - self.neurons_after / max(self.neurons_before, 1)
+
+    @property
+    def inactive_removed(self) -> int:
+        """Stably inactive units deleted."""
+        return sum(int(row["inactive_removed"]) for row in self.per_layer)
+
+    @property
+    def active_folded(self) -> int:
+        """Stably active units removed: folded into the next layer, or all of a merged layer."""
+        return sum(int(row["active_folded"]) for row in self.per_layer)
+
+    @property
+    def neurons_removed_per_layer(self) -> list[int]:
+        return [int(row["width"]) - int(row["kept"]) for row in self.per_layer]
+
     def to_row(self) -> dict[str, Any]:
         return {
             "widths_before": "-".join(map(str, self.widths_before)),
@@ -97,6 +122,10 @@ class CompressionResult:
             "neurons_before": self.neurons_before,
             "neurons_after": self.neurons_after,
             "neurons_removed": self.neurons_before - self.neurons_after,
+            "neurons_removed_fraction": round(self.neurons_removed_fraction, 6),
+            "neurons_removed_per_layer": ",".join(map(str, self.neurons_removed_per_layer)),
+            "inactive_removed": self.inactive_removed,
+            "active_folded": self.active_folded,
             "layers_before": self.layers_before,
             "layers_after": self.layers_after,
             "connections_before": self.connections_before,

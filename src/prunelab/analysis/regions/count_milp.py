@@ -172,7 +172,7 @@ class _Model:
             return idx
 
         x = add_cols(lower, upper)
-        prev, prev_on = x, None
+        prev, prev_z, prev_on = x, None, None
         self.z_cols: list[np.ndarray] = []
         self.unstable: list[np.ndarray] = []
         margin_rows = []
