@@ -128,7 +128,7 @@ def one_run(args, data, width: int, depth: int, l1: float, seed: int, out: Path)
     acc = evaluate(model, data.x_test, data.y_test).accuracy
     witnesses = torch.cat([data.x_train, data.x_test])
     stable = find_stable_neurons(
-        model, (0.0, 1.0), data=witnesses, time_limit=args.time_limit, method=args.method, seed=seed
+        model, data.input_box(0.0, 1.0), data=witnesses, time_limit=args.time_limit, method=args.method, seed=seed
     )
     t1 = time.perf_counter()
     result = compress(model, stable, data=data.x_test, seed=seed)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import types
-import typing
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import click
 from pydantic import BaseModel
@@ -69,7 +68,7 @@ def _click_type(tp: Any) -> tuple[Any, bool]:
         return click.Choice([str(a) for a in get_args(tp)]), False
     if tp in (int, float, str):
         return tp, False
-    if origin in (list, typing.List):
+    if origin is list:
         (item,) = get_args(tp) or (str,)
         return _ListType(item if item in (int, float, str) else str), False
     return _JSONType(), False
@@ -141,7 +140,7 @@ def fisher_flags(f):
     return f
 
 
-def comma_list(text: Optional[str], kind: type, flag: str) -> Optional[list]:
+def comma_list(text: str | None, kind: type, flag: str) -> list | None:
     """``"a,b,c"`` as a list of ``kind`` (None stays None: the option was not given)."""
     if text is None:
         return None
@@ -151,7 +150,7 @@ def comma_list(text: Optional[str], kind: type, flag: str) -> Optional[list]:
         raise PrunelabError(f"{flag} {text!r} must be a comma-separated list of {kind.__name__}") from None
 
 
-def model_kwargs(widths: Optional[str], extra: Optional[str]) -> dict[str, Any]:
+def model_kwargs(widths: str | None, extra: str | None) -> dict[str, Any]:
     """The model's keyword arguments from ``--model-kwargs`` (JSON) and ``--widths`` (``300,100``)."""
     kw: dict[str, Any] = {}
     if extra:

@@ -49,7 +49,7 @@ def command(config, out, dataset, model, widths, data_root, device, criteria, al
     if fisher:
         prune["options"] = fisher
     sweep = sweep_from_options(
-        config, base=dict(dataset=dataset, model=model, data_root=data_root, device=device),
+        config, base={"dataset": dataset, "model": model, "data_root": data_root, "device": device},
         model_kwargs=model_kwargs(widths, None), criteria=comma_list(criteria, str, "--criteria"),
         allocations=comma_list(allocations, str, "--allocations"),
         sparsities=comma_list(sparsities, float, "--sparsities"), seeds=comma_list(seeds, int, "--seeds"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -100,8 +100,8 @@ def train_identity(model: str, dataset: str, model_kwargs: dict[str, Any], val_f
             "train": {k: v for k, v in config.model_dump(mode="json").items() if k != "device"}}
 
 
-def train_model(model: str, dataset: str, *, model_kwargs: Optional[dict[str, Any]] = None,
-                data_root: Optional[str] = None, val_fraction: float = 0.0, normalize: bool = True,
+def train_model(model: str, dataset: str, *, model_kwargs: dict[str, Any] | None = None,
+                data_root: str | None = None, val_fraction: float = 0.0, normalize: bool = True,
                 out: str | Path = "runs", train: TrainConfig | dict[str, Any] | None = None,
                 progress: bool = True) -> TrainedModel:
     """Train one model into ``out/train-<hash>/`` (``model.safetensors`` and ``config.json``).
@@ -128,12 +128,12 @@ def train_model(model: str, dataset: str, *, model_kwargs: Optional[dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------- run
-def sweep_from_options(config: Optional[str | Path] = None, *, base: Optional[dict[str, Any]] = None,
-                       model_kwargs: Optional[dict[str, Any]] = None, criteria: Optional[list[str]] = None,
-                       allocations: Optional[list[str]] = None, sparsities: Optional[list[float]] = None,
-                       seeds: Optional[list[int]] = None, epochs: Optional[int] = None,
-                       finetune_epochs: Optional[int] = None,
-                       prune: Optional[dict[str, Any]] = None) -> SweepConfig:
+def sweep_from_options(config: str | Path | None = None, *, base: dict[str, Any] | None = None,
+                       model_kwargs: dict[str, Any] | None = None, criteria: list[str] | None = None,
+                       allocations: list[str] | None = None, sparsities: list[float] | None = None,
+                       seeds: list[int] | None = None, epochs: int | None = None,
+                       finetune_epochs: int | None = None,
+                       prune: dict[str, Any] | None = None) -> SweepConfig:
     """The sweep of a TOML ``config`` (default: :class:`SweepConfig`'s defaults) with overrides.
 
     ``base`` overrides top-level run fields (None values are ignored), ``model_kwargs`` is merged
@@ -141,24 +141,28 @@ def sweep_from_options(config: Optional[str | Path] = None, *, base: Optional[di
     overrides ``[prune]`` fields (its ``options`` are merged), and the four lists replace the sweep's
     lists. Unknown dataset, model, criterion, allocation or schedule names fail here, before any
     training.
+
+    Only what the file sets is carried over (``exclude_unset``), so the result is exactly the file
+    plus the overrides, validated once, with every other field at its default.
     """
-    raw = (load_sweep(config) if config else SweepConfig()).model_dump(mode="json")
-    run = raw["base"]
+    raw = load_sweep(config).model_dump(mode="json", exclude_unset=True) if config else {}
+    run = raw.setdefault("base", {})
     for k, v in (base or {}).items():
         if v is not None:
             run[k] = v
     if model_kwargs:
         run["model_kwargs"] = {**run.get("model_kwargs", {}), **model_kwargs}
     if epochs is not None:
-        run["train"]["epochs"] = epochs
-        run["train"]["iterations"] = None
+        run.setdefault("train", {}).update(epochs=epochs, iterations=None)
     if finetune_epochs is not None:
-        run["finetune"] = dict(run.get("finetune") or run["train"], epochs=finetune_epochs, iterations=None)
+        run["finetune"] = dict(run.get("finetune") or run.get("train", {}), epochs=finetune_epochs,
+                               iterations=None)
     prune = copy.deepcopy(prune or {})
     options = prune.pop("options", None)
-    run["prune"].update(prune)
+    run_prune = run.setdefault("prune", {})
+    run_prune.update(prune)
     if options:
-        run["prune"]["options"] = {**run["prune"].get("options", {}), **options}
+        run_prune["options"] = {**run_prune.get("options", {}), **options}
     for key, val in (("criteria", criteria), ("allocations", allocations), ("sparsities", sparsities),
                      ("seeds", seeds)):
         if val is not None:
@@ -194,10 +198,10 @@ class PrunedRun:
 
 
 def prune_run(run_dir: str | Path, sparsity: float, criterion: str = "magnitude", allocation: str = "global", *,
-              sparsity_kind: str = "direct", effective: bool = False, update: Optional[str] = "auto",
-              iterations: Optional[int] = None, data_samples: int = 1024, seed: int = 0,
-              data_root: Optional[str] = None, out: Optional[str | Path] = None,
-              options: Optional[dict[str, Any]] = None) -> PrunedRun:
+              sparsity_kind: str = "direct", effective: bool = False, update: str | None = "auto",
+              iterations: int | None = None, data_samples: int = 1024, seed: int = 0,
+              data_root: str | None = None, out: str | Path | None = None,
+              options: dict[str, Any] | None = None) -> PrunedRun:
     """One-shot pruning of a trained model on disk (no fine-tuning), evaluated before and after.
 
     Writes ``masks.safetensors``, ``model.safetensors`` and ``config.json`` to ``out`` (default
@@ -230,7 +234,7 @@ def prune_run(run_dir: str | Path, sparsity: float, criterion: str = "magnitude"
 
 # ------------------------------------------------------------------------------------------ regions
 def count_run_regions(run_dir: str | Path, mode: str = "line", *, samples: int = 10, inputs: int = 1000,
-                      seed: int = 0, time_limit: float = 60.0, data_root: Optional[str] = None) -> dict[str, Any]:
+                      seed: int = 0, time_limit: float = 60.0, data_root: str | None = None) -> dict[str, Any]:
     """:func:`~prunelab.analysis.regions.regions_summary` of a run folder's (masked) MLP on its
     first ``inputs`` test inputs."""
     run = load_run(run_dir, data_root=data_root)
@@ -255,7 +259,7 @@ class ExactCompression:
         return self.result.to_row()
 
 
-def _inside(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> Optional[torch.Tensor]:
+def _inside(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
     """Rows of ``x`` (N, D) that lie in the box up to 1e-9 (float32 rounding of the normalised
     data), clipped into it, as float64: the only valid witnesses and test points. None when no row
     does (the analysis then uses random points of the box only)."""
@@ -266,8 +270,8 @@ def _inside(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> Optional
 
 
 def exact_compress_run(run_dir: str | Path, domain: str = "box:0,1", *, time_limit: float = 600.0,
-                       method: str = "single_milp", data_samples: int = 10000, data_root: Optional[str] = None,
-                       out: Optional[str | Path] = None) -> ExactCompression:
+                       method: str = "single_milp", data_samples: int = 10000, data_root: str | None = None,
+                       out: str | Path | None = None) -> ExactCompression:
     """Stable-neuron analysis and exact compression of a trained MLP on disk.
 
     ``domain`` is a box in pixel units (``"box:0,1"``), mapped by :meth:`Dataset.input_box` through
