@@ -239,17 +239,23 @@ class Masks(Mapping[str, torch.Tensor]):
     def validate(self, model: nn.Module) -> None:
         """PrunelabError unless every mask names a parameter of ``model`` with the same shape."""
         params = dict(model.named_parameters())
+        unknown = [k for k in self._data if k not in params]
+        if unknown:
+            k = unknown[0]
+            mod_name, attr = _split(k)
+            owner = _get_module(model, mod_name)
+            hint = ""
+            if owner is not None and _is_torch_pruned(owner, attr):
+                hint = " (the module carries a torch prune reparametrisation: call make_permanent first)"
+            more = ""
+            if len(unknown) > 1:
+                shown = ", ".join(map(repr, unknown[1:4])) + (", ..." if len(unknown) > 4 else "")
+                more = f" (and {len(unknown) - 1} more: {shown})"
+            raise PrunelabError(
+                f"mask {k!r}{more} names no parameter of the model{hint}; prunable parameters: "
+                f"{', '.join(prunable_parameters(model)) or '(none)'}"
+            )
         for k, v in self._data.items():
-            if k not in params:
-                mod_name, attr = _split(k)
-                owner = _get_module(model, mod_name)
-                hint = ""
-                if owner is not None and _is_torch_pruned(owner, attr):
-                    hint = " (the module carries a torch prune reparametrisation: call make_permanent first)"
-                raise PrunelabError(
-                    f"mask {k!r} names no parameter of the model{hint}; prunable parameters: "
-                    f"{', '.join(prunable_parameters(model)) or '(none)'}"
-                )
             if tuple(params[k].shape) != tuple(v.shape):
                 raise PrunelabError(
                     f"mask {k!r} has shape {tuple(v.shape)} but the parameter has shape "
