@@ -2,7 +2,8 @@
 
 A command module defines ``command`` (a :class:`click.Command`) whose body parses its options, calls
 one library function (mostly :mod:`prunelab.experiments.commands`) and prints the result. Adding a
-command is one module here plus one line in :data:`COMMANDS`.
+command is one module here plus one line in :data:`COMMANDS`; a command's module is imported when
+the command is used (or listed by ``--help``).
 
 Errors in the input (unknown names, bad values, missing or corrupt files) print one line on stderr
 and exit with code 2, never a traceback.
@@ -19,21 +20,34 @@ import click
 from prunelab.cli.console import err_console
 from prunelab.errors import PrunelabError
 
-COMMANDS = (  # modules of prunelab.cli, each defining `command`
-    "bound",
-    "demo",
-    "exact",
-    "list_cmd",
-    "prune",
-    "regions",
-    "report",
-    "run",
-    "train",
-)
+COMMANDS: dict[str, str] = {  # command name -> module of prunelab.cli that defines it as `command`
+    "bound": "bound",
+    "demo": "demo",
+    "exact": "exact",
+    "list": "list_cmd",
+    "prune": "prune",
+    "regions": "regions",
+    "report": "report",
+    "run": "run",
+    "train": "train",
+}
 
 
 class _Group(click.Group):
-    """Turns PrunelabError (and a few friendly cases) into one line on stderr, exit code 2."""
+    """Loads a command's module when the command is used (``prunelab list`` imports no training
+    code, and a command's imports cannot break another command); turns PrunelabError (and a few
+    friendly cases) into one line on stderr, exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            command = import_module(f"{__name__}.{COMMANDS[name]}").command
+            if command.name != name:
+                raise RuntimeError(f"prunelab.cli.{COMMANDS[name]} defines command {command.name!r}, not {name!r}")
+            self.add_command(command)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -51,9 +65,5 @@ class _Group(click.Group):
 def main() -> None:
     """prunelab: prune any PyTorch model, then understand what pruning did."""
 
-
-for _name in COMMANDS:
-    main.add_command(import_module(f"{__name__}.{_name}").command)
-del _name
 
 __all__ = ["COMMANDS", "main"]

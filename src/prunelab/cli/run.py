@@ -8,7 +8,6 @@ from prunelab.cli.console import console
 from prunelab.cli.options import collect, comma_list, field_options, fisher_flags, model_kwargs, second_order_options
 from prunelab.experiments.commands import print_results, sweep_from_options
 from prunelab.experiments.config import PruneConfig
-from prunelab.experiments.runner import run_sweep
 
 
 def _print_run(i: int, n: int, row: dict, computed: bool) -> None:
@@ -55,6 +54,9 @@ def command(config, out, dataset, model, widths, data_root, device, criteria, al
         sparsities=comma_list(sparsities, float, "--sparsities"), seeds=comma_list(seeds, int, "--seeds"),
         epochs=epochs, finetune_epochs=finetune_epochs, prune=prune,
     )
+    # imported here, so that `prunelab --help` and the other commands never depend on the engine
+    from prunelab.experiments.runner import run_sweep
+
     res = run_sweep(sweep, out, progress=not quiet, force=force, on_run=_print_run)
     print_results(res.rows, console)
     console.print(f"{res.computed} run(s) computed, {res.found} found on disk; table: {res.csv_path}; "
