@@ -1,11 +1,24 @@
 """The CLI: valid commands work; bad input is one line on stderr with exit code 2."""
 
+import ast
 import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from prunelab.cli import main
+import prunelab.cli
+from prunelab import data
+from prunelab.cli import COMMANDS, main
+from prunelab.data.dataset import Dataset
+from prunelab.errors import PrunelabError
+from prunelab.experiments.commands import sweep_from_options
+from prunelab.experiments.config import identity_hash
 
 
 def invoke(*args):
@@ -92,3 +105,108 @@ def test_exact_compression_from_the_cli(tmp_path):
     assert "verified" in res.output and (run_dir / "compressed.safetensors").exists()
     res = invoke("exact", run_dir, "--domain", "box:1,0")
     assert_one_line_error(res, "box:1,0")
+
+
+# ------------------------------------------------------------------ one module per command, thin CLI
+CLI_DIR = Path(prunelab.cli.__file__).parent
+NOT_COMMANDS = {"__init__", "console", "options"}
+
+
+def test_every_command_module_is_registered_once():
+    modules = {p.stem for p in CLI_DIR.glob("*.py")} - NOT_COMMANDS
+    assert set(COMMANDS.values()) == modules
+    res = invoke("--help")
+    assert res.exit_code == 0, res.output
+    for name in COMMANDS:
+        assert f"\n  {name} " in res.output, name
+        assert main.get_command(None, name).name == name
+
+
+def test_list_loads_no_training_or_experiment_code():
+    code = ("import sys; from click.testing import CliRunner; from prunelab.cli import main; "
+            "r = CliRunner().invoke(main, ['list']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in sys.modules if m.startswith(('prunelab.train', 'prunelab.experiments'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_command_modules_do_no_tensor_work():
+    """Library logic lives in the library: a command module parses, calls and prints."""
+    for path in CLI_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in ("torch", "numpy", "hashlib"), f"{path.name} imports {name}"
+                assert name != "prunelab", f"{path.name} imports the root facade"
+
+
+def test_model_kwargs_must_be_a_json_object():
+    res = invoke("train", "--model", "mlp", "--dataset", "digits", "--model-kwargs", "[8]")
+    assert_one_line_error(res, "--model-kwargs", "[8]", "JSON object")
+
+
+def test_train_folder_is_the_identity_hash_without_the_device(tmp_path):
+    common = ("train", "--model", "mlp", "--widths", "8", "--dataset", "digits", "--epochs", "1")
+    assert invoke(*common, "--out", tmp_path).exit_code == 0
+    (run_dir,) = tmp_path.iterdir()
+    meta = json.loads((run_dir / "config.json").read_text())
+    identity = {k: meta[k] for k in ("model", "dataset", "model_kwargs", "val_fraction", "normalize", "train")}
+    assert "device" not in identity["train"] and identity["model_kwargs"] == {"widths": [8]}
+    assert run_dir.name == f"train-{identity_hash(identity)}"
+    assert invoke(*common, "--device", "cpu", "--out", tmp_path).exit_code == 0
+    assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # same experiment, same folder
+    assert invoke(*common, "--seed", "1", "--out", tmp_path).exit_code == 0
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_sweep_from_options_is_the_file_plus_the_flags(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text('dataset = "digits"\nmodel = "mlp"\ncriteria = ["magnitude", "random"]\n'
+                    "[train]\nlr = 0.05\nepochs = 5\n")
+    sweep = sweep_from_options(path, base={"model": None, "device": "cpu"}, epochs=2, finetune_epochs=1,
+                               criteria=["snip"], sparsities=[0.5, 0.8])
+    assert (sweep.base.dataset, sweep.base.model, sweep.base.device) == ("digits", "mlp", "cpu")
+    assert (sweep.base.train.lr, sweep.base.train.epochs) == (0.05, 2)
+    assert (sweep.base.finetune.lr, sweep.base.finetune.epochs) == (0.05, 1)
+    assert sweep.criteria == ["snip"] and sweep.sparsities == [0.5, 0.8]
+    with pytest.raises(PrunelabError, match="magnitud"):
+        sweep_from_options(path, criteria=["magnitud"])
+
+
+# --------------------------------------------------------------- the pixel box in the input space
+def test_input_box_maps_each_channel_through_its_normalisation():
+    ds = Dataset(name="two", x_train=torch.zeros(1, 2, 1, 2), y_train=torch.zeros(1, dtype=torch.long),
+                 x_test=torch.zeros(1, 2, 1, 2), y_test=torch.zeros(1, dtype=torch.long), x_val=None, y_val=None,
+                 mean=(0.5, 0.1), std=(0.5, 0.2), num_classes=2, input_shape=(2, 1, 2), class_names=["a", "b"])
+    lower, upper = ds.input_box(0.0, 1.0)
+    assert lower.dtype == torch.float64 and lower.shape == (4,)
+    # channel-major, as x.flatten(): (0 - 0.5) / 0.5 = -1, (0 - 0.1) / 0.2 = -0.5, ...
+    assert torch.allclose(lower, torch.tensor([-1.0, -1.0, -0.5, -0.5], dtype=torch.float64))
+    assert torch.allclose(upper, torch.tensor([1.0, 1.0, 4.5, 4.5], dtype=torch.float64))
+    for low, high, needle in ((1.0, 0.0, "[1.0, 0.0]"), (float("nan"), 1.0, "nan"), ("0", 1.0, "'0'")):
+        with pytest.raises(PrunelabError, match=re.escape(needle)):
+            ds.input_box(low, high)
+
+
+def test_input_box_holds_the_normalised_data_exactly_when_pixels_span_it():
+    raw = data.load("digits", normalize=False)
+    lower, upper = raw.input_box(0.0, 1.0)
+    assert torch.equal(lower, torch.zeros(64, dtype=torch.float64))
+    assert torch.equal(upper, torch.ones(64, dtype=torch.float64))
+    norm = data.load("digits")
+    lower, upper = norm.input_box(0.0, 1.0)
+    x = norm.x_train.reshape(len(norm.x_train), -1).double()
+    assert ((x >= lower - 1e-6) & (x <= upper + 1e-6)).all()
+    assert torch.allclose(x.min(dim=0).values.min(), lower.min(), atol=1e-6)  # black pixels sit on the bound
+
+
+def test_exact_on_standardised_inputs_verifies_on_every_test_image(tmp_path):
+    res = invoke("train", "--model", "mlp", "--widths", "8", "--dataset", "digits", "--epochs", "1",
+                 "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    (run_dir,) = tmp_path.iterdir()
+    res = invoke("exact", run_dir, "--time-limit", "30", "--data-samples", "300", "--method", "per_unit")
+    assert res.exit_code == 0, res.output
+    n_test = len(data.load("digits").y_test)
+    assert f"verified on {n_test + 10000} points" in " ".join(res.output.split()), res.output
