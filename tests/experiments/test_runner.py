@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from prunelab.experiments.config import SweepConfig, build
-from prunelab.experiments.runner import run_sweep
+from prunelab.experiments.sweep import run_sweep
 from prunelab.masks import Masks
 from prunelab.pruning.schedules import polynomial_sparsity
 from prunelab.report.tables import read_csv
@@ -63,8 +63,9 @@ def test_interrupted_sweep_resumes_only_missing_runs(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["at_init", "imp", "gradual", "earlybird"])
 def test_schedules_reach_the_target_sparsity(tmp_path, schedule):
-    res = run_sweep(sweep(schedule, criteria=("magnitude",), sparsities=(0.6,), imp_rate=0.5,
-                          gradual_every=2, gradual_end=0.5), tmp_path, progress=False)
+    options = {"imp": {"rate": 0.5}, "gradual": {"every": 2, "end": 0.5}}.get(schedule, {})
+    res = run_sweep(sweep(schedule, criteria=("magnitude",), sparsities=(0.6,), schedule_options=options),
+                    tmp_path, progress=False)
     row = res.rows[0]
     assert row["sparsity"] == pytest.approx(0.6, abs=1e-3)
     events = json.loads((_run_dirs(tmp_path)[0] / "events.json").read_text())

@@ -44,7 +44,7 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True, consol
     import torch
 
     from prunelab.experiments.cli_run import print_results
-    from prunelab.experiments.runner import run_sweep
+    from prunelab.experiments.sweep import run_sweep
 
     console = console or Console()
     sweep = demo_sweep(quick)

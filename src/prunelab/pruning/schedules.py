@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from prunelab.callbacks import Callback
@@ -103,6 +104,15 @@ def _event(stage: str, masks: Masks, **extra: Any) -> dict[str, Any]:
     return {"stage": stage, "sparsity": masks.sparsity(), **extra}
 
 
+@SCHEDULES.register("none")
+def no_pruning(ctx: ScheduleContext) -> ScheduleResult:
+    """Train dense (or load the cached dense model) and prune nothing: the baseline of a sweep, and
+    the run an analysis of a trained network (exact compression, dead units) is attached to."""
+    dense = ctx.dense()
+    ctx.model.load_state_dict(dense.final)
+    return ScheduleResult(Masks.ones(ctx.model), list(dense.history), [])
+
+
 @SCHEDULES.register("at_init")
 def at_init(ctx: ScheduleContext) -> ScheduleResult:
     """Prune the freshly initialised model, then train it with the masks fixed."""
@@ -137,7 +147,15 @@ def imp_sparsities(target: float, rate: float) -> list[float]:
     return [min(s, target) for s in levels]
 
 
-@SCHEDULES.register("imp")
+class ImpOptions(BaseModel):
+    """Iterative magnitude pruning (Frankle & Carbin 2019; rewinding: Frankle et al. 2020)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate: float = Field(0.2, gt=0, lt=1, description="fraction of the remaining weights pruned per round")
+    rewind_iteration: int = Field(0, ge=0, description="rewind to the weights after this many steps (0 = init)")
+
+
+@SCHEDULES.register("imp", options=ImpOptions)
 def iterative_magnitude(ctx: ScheduleContext) -> ScheduleResult:
     """Iterative pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
 
@@ -208,7 +226,16 @@ class GradualPruning(Callback):
             self.enforcer.after_backward(state)
 
 
-@SCHEDULES.register("gradual")
+class GradualOptions(BaseModel):
+    """Gradual pruning (Zhu & Gupta 2017, eq. 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: float = Field(0.1, ge=0, le=1, description="fraction of training when pruning starts")
+    end: float = Field(0.6, ge=0, le=1, description="fraction of training when pruning ends")
+    every: int = Field(50, gt=0, description="iterations between pruning steps")
+
+
+@SCHEDULES.register("gradual", options=GradualOptions)
 def gradual(ctx: ScheduleContext) -> ScheduleResult:
     """Train from initialisation while pruning on the Zhu & Gupta (2017) cubic schedule."""
     cb = GradualPruning(ctx.prune_fn, ctx.sparsity, ctx.gradual_start, ctx.gradual_end, ctx.gradual_every)
