@@ -5,30 +5,50 @@ Two detection rules, each a training callback that compares the current epoch wi
 below ``threshold``:
 
 * :class:`PartitionEarlyBird` -- You, Balestriero, Lu, Kou, Shi, Zhang, Wu, Lin & Baraniuk (TMLR 2022,
-  "Max-Affine Spline Insights Into Deep Network Pruning", Sec. 4): the distance is the partition
-  distance (:func:`prunelab.analysis.partition.pattern_distance`) between the activation patterns on
-  a fixed canvas. Defaults from their reference code (``detect_eb``): window 3 previous epochs,
-  threshold 0.16, patterns taken after each epoch's training.
+  "Max-Affine Spline Insights Into Deep Network Pruning", Sec. 4). Reference code: GATECH-EIC/Spline-EB,
+  ``ConvNet/experiments.py`` (``detect_eb(epoch, model, canvas, thres=0.16, lookback=3)``, lines
+  151-179; ``set_global_hooks``, lines 68-83) and ``ConvNet/vis_util.py`` (``getDiff``, lines 123-127).
+  The patterns are the signs (``> 0``) of every **BatchNorm output** (hooks on each ``BatchNorm1d/2d``)
+  on a fixed canvas, in eval mode, after each epoch's training; the distance is the fraction of
+  differing signs per BatchNorm layer, averaged over layers; the ticket is found when the maximum
+  distance to the 3 previous snapshots is ``< 0.16`` (strict). Default ``sites="auto"`` follows that
+  on any model with a BatchNorm; the reference has no rule for BatchNorm-free nets (it would divide
+  by zero), where we read the ReLU inputs. ``sites="relu_inputs"`` (our former rule) reads the ReLU
+  inputs everywhere: the same as the BatchNorm outputs on Conv-BN-ReLU nets (VGG), different on
+  residual nets, whose ReLU sees ``bn2(...) + shortcut``.
 * :class:`ChannelMaskEarlyBird` -- You, Li, Xu, Fu, Wang, Chen, Baraniuk, Wang & Lin (ICLR 2020,
-  "Drawing Early-Bird Tickets", Sec. 3.3 and Algorithm 1): the distance is the normalised Hamming
-  distance between the channel masks that network slimming would draw at the target pruning ratio
-  (global threshold on the BatchNorm scales |gamma|, Liu et al. ICCV 2017). Defaults from their
-  reference code (``EarlyBird(percent, epoch_keep=5)``, threshold 0.1): a FIFO of 5 masks, i.e. the
-  current mask against the 4 previous ones (``window=4`` here), a mask also taken before training
-  (their check runs at the top of every epoch, the first on the initial weights).
+  "Drawing Early-Bird Tickets", Sec. 3.3 and Algorithm 1). Reference code: RICE-EIC/Early-Bird-Tickets,
+  ``main.py`` class ``EarlyBird`` (lines 306-370) and its use in the epoch loop (lines 372-381). Its
+  rule, which we follow exactly:
+
+  - **mask** (``EarlyBird.pruning``, the same rule as ``vggprune.py`` lines 105-117): sort all
+    |gamma| of the BatchNorms, ``thre = sorted[int(total * percent)]``, keep ``|gamma| > thre``. So
+    ``int(total * percent) + 1`` channels are pruned when scales do not tie, and every channel tied
+    at ``thre`` is pruned too: at initialisation, where all scales are equal (their VGG fills them
+    with 0.5, torch with 1), the mask prunes **every** channel;
+  - **distance** ``1 - float(sum(mask_i == mask_j)) / n`` (``cal_dist``) in double precision;
+  - **stop** when every one of the 4 distances between the newest of a FIFO of 5 masks
+    (``epoch_keep=5``) and the others is ``<= 0.1`` (``early_bird_emerge``: ``if dist > 0.1: return
+    False``), so one swapped channel in 20, a distance of ``1 - 0.9`` (just below 0.1), stops;
+  - **when**: the check runs at the top of every epoch, before training it, so the first mask is the
+    initial one and the weights after the last epoch are never checked.
 
 Epochs are counted as epochs of training done: a snapshot after the 13th epoch is epoch 13 (the
 1-based ``epoch`` of :func:`prunelab.train.fit`'s history), the snapshot before training epoch 0.
-Each callback writes ``eb_<rule>_distance`` (None until the window is full) and, on the epoch the
-ticket is found, ``eb_<rule>_found = True`` into the history row; with ``stop=True`` it ends
-training there, otherwise it keeps a CPU copy of the weights at that epoch (``ticket_state``) so
-that one full run gives both the early-bird and the fully trained network.
+This is the ``epoch`` the Early-Bird code prints at the top of its loop (its checkpoint is named
+``EB-<percent>-<epoch + 1>``); the Spline-EB code names the same snapshot ``EB_<epoch - 1>``
+(0-based index of the epoch just trained). Each callback writes ``eb_<rule>_distance`` (None until
+the window is full) and, on the epoch the ticket is found, ``eb_<rule>_found = True`` into the
+history row; with ``stop=True`` it ends training there, otherwise it keeps a CPU copy of the weights
+at that epoch (``ticket_state``) so that one full run gives both the early-bird and the fully trained
+network.
 
 :class:`BNScaleL1` is the sparsity penalty on BatchNorm scales that EB training uses (network
 slimming, Liu et al. 2017, Eq. 1; EB code: ``s = 1e-4``). The ``bn_scale`` unit criterion
 (|gamma| of the BatchNorm after each layer) is registered in
 :data:`prunelab.pruning.structured.STRUCTURED`; with :func:`prunelab.pruning.spline.prune_units`
-(``scope="global"``) it gives the network-slimming channel masks EB tickets are drawn with.
+(``scope="global"``) it gives network-slimming channel masks of an exact count (not the reference's
+threshold rule above, which :func:`bn_channel_mask` implements).
 
 The ``earlybird`` schedule (registered in :data:`prunelab.pruning.schedules.SCHEDULES`) trains dense
 from initialisation until the partition early bird is found (or training ends), prunes there with
@@ -45,16 +65,20 @@ from typing import Any
 import torch
 from torch import nn
 
+import numpy as np
+
 from prunelab.analysis.partition import ActivationPatterns, activation_patterns, pattern_distance, sample_canvas
 from prunelab.callbacks import Callback, TrainState
 from prunelab.errors import PrunelabError
+from prunelab.utils import eval_mode
 from prunelab.pruning.context import ScoreContext
 from prunelab.pruning.schedules import SCHEDULES, ScheduleContext, ScheduleResult, train_stage
 from prunelab.pruning.structured import STRUCTURED, ChannelGroup, UnitScores
 
-PARTITION_THRESHOLD = 0.16  # Spline-EB reference code, detect_eb(thres=0.16)
+PARTITION_THRESHOLD = 0.16  # Spline-EB reference code, detect_eb(thres=0.16): stop if max < 0.16
 PARTITION_WINDOW = 3  # ... lookback=3
-MASK_THRESHOLD = 0.1  # Early-Bird-Tickets reference code
+PARTITION_SITES = ("auto", "batchnorm_outputs", "relu_inputs")
+MASK_THRESHOLD = 0.1  # Early-Bird-Tickets reference code: stop if every distance <= 0.1
 MASK_WINDOW = 4  # ... epoch_keep=5: the current mask and 4 previous ones
 SCHEDULE_CANVAS = 512  # training samples in the canvas of the ``earlybird`` schedule
 
@@ -78,13 +102,16 @@ class EarlyBirdDetector:
 
     ``update(epoch, snapshot)`` compares ``snapshot`` with the last ``window`` snapshots and returns
     the maximum distance (None while fewer than ``window`` are stored); the first epoch where it is
-    below ``threshold`` becomes ``found_epoch``. ``curve`` holds ``(epoch, distance)`` for every update.
+    below ``threshold`` (``< threshold``; ``<= threshold`` with ``inclusive=True``) becomes
+    ``found_epoch``. ``curve`` holds ``(epoch, distance)`` for every update.
     """
 
-    def __init__(self, distance: Callable[[Any, Any], float], threshold: float, window: int) -> None:
+    def __init__(self, distance: Callable[[Any, Any], float], threshold: float, window: int,
+                 inclusive: bool = False) -> None:
         self.distance = distance
         self.threshold = _check_threshold(threshold)
         self.window = _check_window(window)
+        self.inclusive = bool(inclusive)
         self.reset()
 
     def reset(self) -> None:
@@ -96,7 +123,8 @@ class EarlyBirdDetector:
         dist: float | None = None
         if len(self._previous) == self.window:
             dist = max(float(self.distance(snapshot, old)) for old in self._previous)
-            if self.found_epoch is None and dist < self.threshold:
+            below = dist <= self.threshold if self.inclusive else dist < self.threshold
+            if self.found_epoch is None and below:
                 self.found_epoch = epoch
         self._previous.append(snapshot)
         self.curve.append((epoch, dist))
@@ -108,8 +136,11 @@ class EarlyBirdCallback(Callback):
 
     rule = "base"
 
-    def __init__(self, threshold: float, window: int, *, stop: bool = False, at_start: bool = False) -> None:
-        self.detector = EarlyBirdDetector(self.distance, threshold, window)
+    check_last = True  # also check the weights after the last epoch
+
+    def __init__(self, threshold: float, window: int, *, stop: bool = False, at_start: bool = False,
+                 inclusive: bool = False) -> None:
+        self.detector = EarlyBirdDetector(self.distance, threshold, window, inclusive)
         self.stop = bool(stop)
         self.at_start = bool(at_start)
         self.ticket_state: dict[str, torch.Tensor] | None = None
@@ -144,6 +175,8 @@ class EarlyBirdCallback(Callback):
             self._observe(state, 0)
 
     def on_epoch_end(self, state: TrainState) -> None:
+        if not self.check_last and state.epoch + 1 >= state.total_epochs:
+            return
         before = self.detector.found_epoch
         dist = self._observe(state, state.epoch + 1)
         state.metrics[f"eb_{self.rule}_distance"] = dist
@@ -151,8 +184,63 @@ class EarlyBirdCallback(Callback):
             state.metrics[f"eb_{self.rule}_found"] = True
 
 
+def batchnorm_patterns(model: nn.Module, canvas: torch.Tensor, batch_size: int = 512) -> ActivationPatterns:
+    """Signs (``> 0``) of every BatchNorm output of ``model`` on ``canvas`` (eval mode, no grad).
+
+    Spline-EB's patterns (``set_global_hooks``: a forward hook on every ``BatchNorm1d/2d``). Sites are
+    the BatchNorm module names (``name:1`` for a second call in one forward); every (channel,
+    position) is a unit. Compare two with :func:`prunelab.analysis.partition.pattern_distance`.
+    """
+    if not isinstance(canvas, torch.Tensor) or canvas.dim() < 2 or canvas.shape[0] == 0 or not canvas.is_floating_point():
+        raise PrunelabError("canvas must be a floating-point tensor of inputs (N, *input_shape)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PrunelabError(f"batch_size must be a positive integer, got {batch_size!r}")
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, _BATCHNORMS)}
+    if not bns:
+        raise PrunelabError(f"{type(model).__name__} has no BatchNorm layer: use sites='relu_inputs'")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batch: dict[str, np.ndarray] = {}
+    chunks: dict[str, list[np.ndarray]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            key, k = name, 0
+            while key in batch:
+                k += 1
+                key = f"{name}:{k}"
+            shapes[key] = tuple(output.shape[1:])
+            batch[key] = np.packbits((output > 0).reshape(output.shape[0], -1).cpu().numpy(), axis=1)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in bns.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for start in range(0, canvas.shape[0], batch_size):
+                batch.clear()
+                model(canvas[start : start + batch_size].to(device))
+                if chunks and list(batch) != list(chunks):
+                    raise PrunelabError("the model applied different BatchNorms on different batches")
+                for key, bits in batch.items():
+                    chunks.setdefault(key, []).append(bits)
+    finally:
+        for h in handles:
+            h.remove()
+    bits = {k: np.concatenate(c, axis=0) for k, c in chunks.items()}
+    return ActivationPatterns(bits=bits, shapes=shapes, num_points=int(canvas.shape[0]))
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BATCHNORMS) for m in model.modules())
+
+
 class PartitionEarlyBird(EarlyBirdCallback):
-    """Early bird from the spline partition (You et al., TMLR 2022): patterns on ``canvas`` after each epoch."""
+    """Early bird from the spline partition (You et al., TMLR 2022): patterns on ``canvas`` after each epoch.
+
+    ``sites``: ``"batchnorm_outputs"`` (the reference code), ``"relu_inputs"``, or ``"auto"`` (default:
+    BatchNorm outputs if the model has a BatchNorm, else ReLU inputs).
+    """
 
     rule = "partition"
 
@@ -164,14 +252,26 @@ class PartitionEarlyBird(EarlyBirdCallback):
         *,
         stop: bool = False,
         batch_size: int = 512,
+        sites: str = "auto",
     ) -> None:
         if not isinstance(canvas, torch.Tensor) or canvas.dim() < 2 or not canvas.is_floating_point():
             raise PrunelabError("canvas must be a floating-point tensor of inputs (N, *input_shape)")
+        if sites not in PARTITION_SITES:
+            raise PrunelabError(f"unknown partition sites {sites!r}; valid: {', '.join(PARTITION_SITES)}")
         super().__init__(threshold, window, stop=stop, at_start=False)
         self.canvas = canvas
         self.batch_size = batch_size
+        self.sites = sites
+
+    def on_train_begin(self, state: TrainState) -> None:
+        if self.sites == "batchnorm_outputs" and not _has_batchnorm(state.model):
+            raise PrunelabError(f"{type(state.model).__name__} has no BatchNorm layer: use sites='relu_inputs'")
+        super().on_train_begin(state)
 
     def snapshot(self, model: nn.Module) -> ActivationPatterns:
+        bn = self.sites == "batchnorm_outputs" or (self.sites == "auto" and _has_batchnorm(model))
+        if bn:
+            return batchnorm_patterns(model, self.canvas, batch_size=self.batch_size)
         return activation_patterns(model, self.canvas, batch_size=self.batch_size)
 
     def distance(self, a: ActivationPatterns, b: ActivationPatterns) -> float:
@@ -190,27 +290,38 @@ def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def bn_channel_mask(model: nn.Module, ratio: float) -> torch.Tensor:
-    """Network-slimming channel mask over all BatchNorm channels (True = kept), concatenated in order.
+    """The Early-Bird code's channel mask over all BatchNorm channels (True = kept), concatenated in order.
 
-    The ``floor(ratio * total)`` channels with the smallest |gamma| over the whole network are
-    pruned (ties: earlier channel first). The reference code thresholds at the sorted value of index
-    ``floor(ratio * total)`` and keeps ``|gamma| > threshold``, which prunes the same channels
-    unless scales tie; we keep the exact count.
+    As ``EarlyBird.pruning`` (``main.py``) and ``vggprune.py``: with ``y`` all |gamma| sorted,
+    ``thre = y[int(ratio * total)]`` and a channel is kept iff ``|gamma| > thre``. Without ties that
+    prunes ``int(ratio * total) + 1`` channels; channels tied at ``thre`` are all pruned (all of them
+    when every scale is equal, as at initialisation). The reference reads ``BatchNorm2d`` only; we
+    read every affine BatchNorm (the same on conv nets).
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
         raise PrunelabError(f"channel pruning ratio must be in (0, 1), got {ratio!r}")
-    gammas = torch.cat([m.weight.detach().abs().flatten().cpu() for m in batchnorms(model).values()])
-    pruned = int(ratio * gammas.numel())
-    order = torch.sort(gammas, stable=True).indices
-    keep = torch.ones(gammas.numel(), dtype=torch.bool)
-    keep[order[:pruned]] = False
-    return keep
+    gammas = torch.cat([m.weight.detach().abs().flatten().float().cpu() for m in batchnorms(model).values()])
+    threshold = torch.sort(gammas).values[int(gammas.numel() * ratio)]
+    return gammas > threshold
+
+
+def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Early-Bird code's mask distance ``1 - float(sum(a == b)) / n`` (``cal_dist``, double precision)."""
+    if a.shape != b.shape:
+        raise PrunelabError(f"channel masks of different sizes: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return 1.0 - float(torch.sum(a == b)) / a.numel()
 
 
 class ChannelMaskEarlyBird(EarlyBirdCallback):
-    """Early bird from BatchNorm-scale channel masks (You et al., ICLR 2020) at pruning ratio ``ratio``."""
+    """Early bird from BatchNorm-scale channel masks (You et al., ICLR 2020) at pruning ratio ``ratio``.
+
+    :func:`bn_channel_mask` after each epoch (and before training), :func:`mask_distance`, stop at
+    ``<= threshold``; the weights after the last epoch are not checked (the reference checks at the
+    top of each epoch).
+    """
 
     rule = "mask"
+    check_last = False
 
     def __init__(
         self,
@@ -223,7 +334,7 @@ class ChannelMaskEarlyBird(EarlyBirdCallback):
     ) -> None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise PrunelabError(f"channel pruning ratio must be in (0, 1), got {ratio!r}")
-        super().__init__(threshold, window, stop=stop, at_start=at_start)
+        super().__init__(threshold, window, stop=stop, at_start=at_start, inclusive=True)
         self.ratio = float(ratio)
 
     def on_train_begin(self, state: TrainState) -> None:
@@ -234,7 +345,7 @@ class ChannelMaskEarlyBird(EarlyBirdCallback):
         return bn_channel_mask(model, self.ratio)
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a != b).double().mean())
+        return mask_distance(a, b)
 
 
 class BNScaleL1(Callback):
