@@ -15,7 +15,18 @@ Order of one optimizer step in :func:`prunelab.train.fit`::
 
 around which ``on_train_begin`` / ``on_epoch_begin`` / ``on_epoch_end`` / ``on_train_end`` run.
 Setting ``state.stop = True`` in any hook ends training after the current step (the epoch is still
-closed: evaluated, recorded, ``on_epoch_end`` called) and ``on_train_end`` always runs.
+closed: evaluated, recorded, ``on_epoch_end`` called) and ``on_train_end`` runs (unless a hook or the
+loop raises, e.g. :class:`prunelab.train.TrainingDiverged`).
+
+Resumable training (``fit(..., checkpoint=...)``) checkpoints at the end of epochs and stores every
+callback's :meth:`Callback.state_dict`. A resumed ``fit`` builds the model, optimizer and scheduler as
+a fresh start would, runs ``on_train_begin`` as a fresh start would (hooks, references, resets), then
+restores the model, optimizer, scheduler, counters and history, calls each callback's
+:meth:`Callback.load_state_dict` with what its ``state_dict`` returned at the checkpoint, restores
+the RNG states and continues with the next epoch's ``on_epoch_begin``. So a callback whose attributes
+change after ``on_train_begin`` and carry over an epoch boundary (counters, masks, found tickets,
+recorded weights) must return them from ``state_dict``; state rebuilt in ``on_epoch_begin`` needs
+nothing.
 """
 
 from __future__ import annotations
@@ -83,3 +94,18 @@ class Callback:
 
     def on_train_end(self, state: TrainState) -> None:
         pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a training checkpoint stores of this callback (default: nothing).
+
+        A dict of tensors, numbers, strings, bools, None and (nested) lists, tuples and dicts of
+        those (dict keys: str or int); tensors go to safetensors, the rest to JSON, nothing is
+        pickled. Called at the end of an epoch, after ``on_epoch_end``.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, on resume, after ``on_train_begin`` (default: no-op).
+
+        Tensors come back on the CPU; move them where they belong.
+        """

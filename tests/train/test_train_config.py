@@ -30,8 +30,40 @@ def test_negative_lr_is_a_one_line_error_naming_the_value() -> None:
     msg = str(info.value)
     assert "\n" not in msg
     assert "lr=-0.1" in msg and "positive" in msg
-    with pytest.raises(pydantic.ValidationError):  # the plain constructor raises pydantic's error
+    with pytest.raises(PrunelabError) as direct:  # the plain constructor too, with the same line
         TrainConfig(lr=-0.1)
+    assert str(direct.value) == msg
+    assert not isinstance(direct.value, pydantic.ValidationError)
+
+
+def test_direct_construction_raises_prunelab_errors_for_every_kind_of_bad_value() -> None:
+    with pytest.raises(PrunelabError, match="unknown field 'lrr'; valid: optimizer, lr"):
+        TrainConfig(lrr=0.1)
+    with pytest.raises(PrunelabError, match="exactly one of epochs or iterations"):
+        TrainConfig(epochs=3, iterations=100)
+    with pytest.raises(PrunelabError, match="optimizer='rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
+    # model_validate keeps pydantic's error, so configs that nest a TrainConfig collect every error
+    with pytest.raises(pydantic.ValidationError):
+        TrainConfig.model_validate({"lr": -1})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("lr", math.inf), ("lr", "inf"), ("lr", math.nan), ("momentum", math.nan), ("momentum", -math.inf),
+     ("weight_decay", math.inf), ("weight_decay", math.nan), ("l1", math.inf), ("gamma", math.inf),
+     ("warmup_epochs", math.nan), ("label_smoothing", math.nan), ("jumpstart", math.inf)],
+)
+def test_non_finite_floats_are_config_errors(field: str, value: object) -> None:
+    with pytest.raises(PrunelabError) as info:
+        TrainConfig(**{field: value})
+    msg = str(info.value)
+    assert "\n" not in msg and f"{field}={value!r}" in msg and "finite" in msg
+    with pytest.raises(PrunelabError, match=f"{field}="):
+        TrainConfig.build(**{field: value})
+    cfg = TrainConfig()
+    with pytest.raises(PrunelabError, match=f"{field}=.*finite"):
+        setattr(cfg, field, value)
 
 
 @pytest.mark.parametrize(
@@ -66,8 +98,12 @@ def test_bad_values_name_field_and_value(kwargs: dict, needle: str) -> None:
 def test_assignment_is_validated_and_config_round_trips_json() -> None:
     cfg = TrainConfig(lr_schedule="step", milestones=[2, 4], epochs=6, augment=True, l1=1e-5)
     assert TrainConfig.model_validate_json(cfg.model_dump_json()) == cfg
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(PrunelabError, match=r"lr=-1.0: lr must be a positive number"):
         cfg.lr = -1.0
+    assert cfg.lr == 0.1  # a rejected assignment changes nothing
+    with pytest.raises(PrunelabError, match="needs milestones"):  # rejected by the model validator
+        cfg.milestones = []
+    assert cfg.milestones == [2, 4] and cfg == TrainConfig.model_validate_json(cfg.model_dump_json())
 
 
 def _one_weight_model() -> nn.Linear:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.train import Callback, TrainConfig, TrainState, fit
+from prunelab.train import Callback, TrainConfig, TrainingDiverged, TrainState, fit
+from prunelab.train import loop
 
 
 @dataclass
@@ -259,13 +260,67 @@ def test_callback_metrics_are_merged_and_clashes_are_errors() -> None:
         fit(mlp(), blobs(), TrainConfig(epochs=1, **CPU), callbacks=[Clash()], progress=False)
 
 
-def test_nan_loss_marks_divergence_and_stops() -> None:
-    class Poison(Callback):
-        def extra_loss(self, state, xb, yb, outputs):
-            return state.model[1].weight.sum() * float("nan")  # NaN gradients, then NaN weights
+class Poison(Callback):
+    """A NaN extra loss from step ``at`` on (NaN gradients, then NaN weights if a step were taken)."""
 
-    res = fit(mlp(), blobs(), TrainConfig(epochs=3, batch_size=64, **CPU), callbacks=[Poison()], progress=False)
-    assert res.diverged and len(res.history) == 1 and not res.stopped_early
+    def __init__(self, at: int = 0) -> None:
+        self.at = at
+
+    def extra_loss(self, state, xb, yb, outputs):
+        if state.iteration >= self.at:
+            return state.model[1].weight.sum() * float("nan")
+        return None
+
+
+def test_nan_loss_raises_naming_epoch_iteration_lr_and_causes() -> None:
+    model = mlp()
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, **CPU)  # 5 steps per epoch
+    with pytest.raises(TrainingDiverged) as info:
+        fit(model, blobs(), cfg, callbacks=[Poison(at=7)], progress=False)
+    err = info.value
+    assert isinstance(err, PrunelabError) and math.isnan(err.loss)
+    assert (err.epoch, err.iteration, err.lr) == (2, 8, 0.05)  # the 8th step is the 3rd of epoch 2
+    msg = str(err)
+    assert "\n" not in msg
+    for needle in ("nan", "epoch 2/3", "iteration 8/15", "lr 0.05", "learning rate too high", "extra loss"):
+        assert needle in msg, needle
+    # checked before backward: the NaN step was not taken, the weights are still finite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_high_learning_rate_diverges_instead_of_returning_a_nan_model() -> None:
+    with pytest.raises(TrainingDiverged, match=r"epoch 1/5, iteration \d+/50 \(lr 1e\+30\)"):
+        fit(mlp(), blobs(), TrainConfig(epochs=5, batch_size=32, lr=1e30, **CPU), progress=False)
+
+
+def test_off_cpu_divergence_check_reads_the_epoch_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a per-step read would cost a device sync, the epoch's summed losses are checked."""
+    monkeypatch.setattr(loop, "CHECK_EVERY_STEP_ON", ())
+    cfg = TrainConfig(epochs=3, batch_size=64, **CPU)
+    for poison in (Poison(at=7), Poison(at=9)):  # NaN in the CE (weights) or only in the extra loss
+        with pytest.raises(TrainingDiverged, match="summed over the epoch") as info:
+            fit(mlp(), blobs(), cfg, callbacks=[poison], progress=False)
+        assert (info.value.epoch, info.value.iteration) == (2, 10)
+    # and a clean run passes the same check
+    assert fit(mlp(), blobs(), cfg, progress=False).iterations == 15
+
+
+def test_a_final_model_with_non_finite_loss_is_an_error() -> None:
+    class Spoil(Callback):  # the last hook leaves NaN weights
+        def on_train_end(self, state):
+            with torch.no_grad():
+                state.model[3].weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="final model's test loss is nan"):
+        fit(mlp(), blobs(), TrainConfig(epochs=1, **CPU), callbacks=[Spoil()], progress=False)
+
+
+def test_non_finite_inputs_are_refused_before_training() -> None:
+    data = blobs()
+    data.x_train[3, 2] = float("nan")
+    data.x_train[5, 0] = float("inf")
+    with pytest.raises(PrunelabError, match="data.x_train has 2 NaN or infinite values"):
+        fit(mlp(), data, TrainConfig(epochs=1, **CPU), progress=False)
 
 
 def test_augment_adam_deterministic_and_progress_paths_run() -> None:

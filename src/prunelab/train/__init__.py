@@ -7,13 +7,29 @@ from __future__ import annotations
 
 from prunelab.analysis.evaluate import EvalResult, evaluate
 from prunelab.callbacks import Callback, TrainState
-from prunelab.train.checkpoint import load_checkpoint, meta_path, save_checkpoint, save_state_dict
+from prunelab.train.checkpoint import (
+    load_checkpoint,
+    load_train_state,
+    meta_path,
+    save_checkpoint,
+    save_state_dict,
+    save_train_state,
+)
 from prunelab.train.config import TrainConfig
-from prunelab.train.loop import ROW_KEYS, TrainResult, fit, make_optimizer
+from prunelab.train.loop import (
+    CHECKPOINT_NAME,
+    ROW_KEYS,
+    TrainingDiverged,
+    TrainResult,
+    checkpoint_file,
+    fit,
+    make_optimizer,
+)
 from prunelab.train.lr_schedule import lr_factor
 from prunelab.train.regularizers import L1Regularizer
 
 __all__ = [
+    "CHECKPOINT_NAME",
     "ROW_KEYS",
     "Callback",
     "EvalResult",
@@ -21,12 +37,16 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "TrainingDiverged",
+    "checkpoint_file",
     "evaluate",
     "fit",
     "load_checkpoint",
+    "load_train_state",
     "lr_factor",
     "make_optimizer",
     "meta_path",
     "save_checkpoint",
     "save_state_dict",
+    "save_train_state",
 ]

@@ -1,9 +1,11 @@
 """The training recipe as one validated, hashable pydantic model.
 
 Every field has a default, so ``TrainConfig()`` is a valid (SGD, momentum 0.9, constant lr 0.1, 10
-epochs) recipe. Bad values raise pydantic's ``ValidationError``; :meth:`TrainConfig.build` (which
-:func:`prunelab.train.fit` uses for dicts) turns that into a one-line :class:`PrunelabError` naming each
-bad field and its value.
+epochs) recipe. Bad values (to the constructor, :meth:`TrainConfig.build`, which
+:func:`prunelab.train.fit` uses for dicts, or an assignment) raise a one-line :class:`PrunelabError`
+naming each bad field and its value. Float fields must be finite (``lr=inf`` is an error).
+``TrainConfig.model_validate`` keeps pydantic's ``ValidationError`` (so a config nesting a
+``TrainConfig`` reports all its errors at once, with their full paths).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prunelab.errors import validation_error
 from prunelab.utils import DEVICES
 
 DEFAULT_EPOCHS = 10
+_MISSING = object()
 
 
 class TrainConfig(BaseModel):
@@ -42,10 +45,10 @@ class TrainConfig(BaseModel):
       ``fit`` (needed for bitwise-reproducible CUDA runs; CPU runs are reproducible without it).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (momentum, nesterov) or adam")
-    lr: float = Field(0.1, description="learning rate (> 0)")
+    lr: float = Field(0.1, description="learning rate (> 0, finite)")
     momentum: float = Field(0.9, description="SGD momentum; Adam beta1")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD only)")
     weight_decay: float = Field(0.0, description="L2 penalty of the optimiser")
@@ -66,6 +69,25 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu or cuda")
     eval_every: int = Field(1, description="evaluate every N epochs (0: only at the end)")
     deterministic: bool = Field(False, description="deterministic algorithms (for bitwise-reproducible CUDA)")
+
+    def __init__(self, /, **data: Any) -> None:
+        # pydantic's ValidationError cannot be subclassed: convert it to the project's one error type.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise validation_error(exc, "training config", type(self)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic has already stored the value when a model validator (``_consistent``) rejects it:
+        # put the old one back, so a failed assignment leaves the config as it was.
+        old, fields_set = self.__dict__.get(name, _MISSING), set(self.__pydantic_fields_set__)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            if old is not _MISSING:
+                self.__dict__[name] = old
+            object.__setattr__(self, "__pydantic_fields_set__", fields_set)
+            raise validation_error(exc, "training config", type(self)) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -164,8 +186,5 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def build(cls, **kwargs: Any) -> "TrainConfig":
-        """Like ``TrainConfig(**kwargs)`` but bad values raise a one-line :class:`PrunelabError`."""
-        try:
-            return cls(**kwargs)
-        except ValidationError as exc:
-            raise validation_error(exc, "training config", cls) from None
+        """``TrainConfig(**kwargs)``: bad values raise a one-line :class:`PrunelabError`."""
+        return cls(**kwargs)

@@ -10,18 +10,32 @@ permutation and augmentation draws come from CPU generators seeded with ``seed +
 the same CPU with the same seed and initial weights give bitwise-identical weights. On CUDA set
 ``config.deterministic=True`` (``torch.use_deterministic_algorithms``, restored afterwards) and
 export ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` before starting Python.
+
+Resumable runs: ``fit(..., checkpoint=PATH, checkpoint_every=N)`` writes the whole training state
+(model, optimizer, scheduler, counters, history, every callback's ``state_dict``, RNG states) at the
+end of every N-th epoch in one atomic write; a later ``fit`` with the same arguments resumes from it
+and ends with the same weights as an uninterrupted run (bitwise on the CPU). See ``docs/training.md``.
+
+Divergence: a non-finite training loss raises :class:`TrainingDiverged`. On the CPU the loss is
+checked every step (reading a CPU scalar costs no device sync); on other devices the per-epoch sums
+that the loop reads anyway are checked, so no step waits for the host.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import random
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +43,7 @@ from prunelab.analysis.evaluate import EvalResult, evaluate
 from prunelab.callbacks import Callback, TrainState
 from prunelab.data.loader import TensorLoader
 from prunelab.errors import PrunelabError
+from prunelab.train.checkpoint import check_fits, load_train_state, remove_stale_tmp, save_train_state
 from prunelab.train.config import TrainConfig
 from prunelab.train.jumpstart import Jumpstart
 from prunelab.train.lr_schedule import lr_factor
@@ -39,6 +54,29 @@ from prunelab.utils import resolve_device, seed_everything
 ROW_KEYS = ("epoch", "iteration", "lr", "train_loss", "train_acc", "val_acc", "val_loss",
             "test_acc", "test_loss", "time")
 
+#: the file name of the training checkpoint when ``fit(checkpoint=...)`` names a folder
+CHECKPOINT_NAME = "train_checkpoint.safetensors"
+#: device types on which the training loss is checked every step (a scalar read costs no sync there)
+CHECK_EVERY_STEP_ON = ("cpu",)
+#: evenly spaced training samples hashed into a checkpoint's identity (all labels are hashed)
+_FINGERPRINT_ROWS = 1024
+
+_CAUSES = ("likely causes: a learning rate too high for this model and optimizer (try a 10x smaller "
+           "lr or a warm-up), inputs with huge values (normalise the data), or a callback's extra loss")
+
+
+class TrainingDiverged(PrunelabError):
+    """The training loss became NaN or infinite, or training ended with a model whose loss is.
+
+    ``epoch`` is 1-based; ``iteration`` is the 1-based optimizer step at which the loss was seen (where
+    only per-epoch sums are checked, off the CPU, the epoch's last step); ``lr`` is the learning rate
+    of that step and ``loss`` the offending value.
+    """
+
+    def __init__(self, message: str, *, epoch: int, iteration: int, lr: float, loss: float) -> None:
+        super().__init__(message)
+        self.epoch, self.iteration, self.lr, self.loss = epoch, iteration, lr, loss
+
 
 @dataclass
 class TrainResult:
@@ -46,8 +84,10 @@ class TrainResult:
 
     ``final`` is on the test split, ``final_val`` on the validation split (None without one);
     ``best_epoch`` is the history ``epoch`` with the highest validation accuracy among evaluated
-    epochs (None without validation data), for model selection. ``diverged`` is True when the
-    training loss became NaN or infinite (training then stops).
+    epochs (None without validation data), for model selection. ``time`` is the training time in
+    seconds, summed over the sessions of a resumed run; ``resumed_from`` the 1-based epoch after which
+    the checkpoint it resumed from was written (None for a fresh start). A diverged run raises
+    :class:`TrainingDiverged` instead of returning.
     """
 
     history: list[dict[str, Any]]
@@ -58,12 +98,12 @@ class TrainResult:
     iterations: int = 0
     time: float = 0.0
     stopped_early: bool = False
-    diverged: bool = False
+    resumed_from: int | None = None
 
     def to_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {**self.final.to_row("test_"), "epochs": self.epochs,
                                "iterations": self.iterations, "train_time": self.time,
-                               "stopped_early": self.stopped_early, "diverged": self.diverged}
+                               "stopped_early": self.stopped_early}
         if self.final_val is not None:
             row.update(self.final_val.to_row("val_"))
             row["best_epoch"] = self.best_epoch
@@ -96,7 +136,13 @@ def _split(data: Any, name: str, device: torch.device) -> tuple[torch.Tensor, to
                             f"{tuple(y.shape)}")
     if x.shape[0] == 0:
         raise PrunelabError(f"data.x_{name} is empty")
-    return x.to(device), y.to(device, dtype=torch.long)
+    x = x.to(device)
+    if x.is_floating_point():
+        bad = int((~torch.isfinite(x)).sum())  # one pass and one sync per split, once per fit
+        if bad:
+            raise PrunelabError(f"data.x_{name} has {bad} NaN or infinite values (of {x.numel()}); "
+                                "training on them gives a NaN model")
+    return x, y.to(device, dtype=torch.long)
 
 
 @contextmanager
@@ -140,6 +186,16 @@ def _as_config(config: TrainConfig | dict[str, Any] | None) -> TrainConfig:
     return config
 
 
+def _diverged(state: TrainState, loss: float, iteration: int, lr: float, where: str) -> TrainingDiverged:
+    epoch = state.epoch + 1
+    return TrainingDiverged(
+        f"training diverged: the training loss is {loss}{' ' + where if where else ''} at epoch "
+        f"{epoch}/{state.total_epochs}, "
+        f"iteration {iteration}/{state.total_iterations} (lr {lr:g}); {_CAUSES}",
+        epoch=epoch, iteration=iteration, lr=lr, loss=loss,
+    )
+
+
 class _Epoch:
     """Runs one epoch of optimizer steps and sums loss/hits on the device (read once, at the end)."""
 
@@ -147,12 +203,18 @@ class _Epoch:
                  bar: ProgressBar, y_train: torch.Tensor) -> None:
         self.state, self.callbacks, self.loss_fn, self.bar = state, callbacks, loss_fn, bar
         self.y_train = y_train
+        self.check_each_step = state.device.type in CHECK_EVERY_STEP_ON
 
     def run(self, loader: TensorLoader) -> tuple[float, float]:
-        """Train over ``loader`` (until it ends, the step budget is spent or ``stop``); (loss, acc)."""
+        """Train over ``loader`` (until it ends, the step budget is spent or ``stop``); (loss, acc).
+
+        Raises :class:`TrainingDiverged` before the step whose loss (with the callbacks' extra
+        losses) is not finite (CPU), or at the end of an epoch whose summed losses are not (elsewhere).
+        """
         state, callbacks = self.state, self.callbacks
         model, optimizer = state.model, state.optimizer
         loss_sum = torch.zeros((), device=state.device)
+        extra_sum = torch.zeros((), device=state.device)
         hits = torch.zeros((), dtype=torch.long, device=state.device)
         seen = 0
         for xb, yb in loader:
@@ -167,6 +229,13 @@ class _Epoch:
                 extra = cb.extra_loss(state, xb, yb, outputs)
                 if extra is not None:
                     total = total + extra
+            if self.check_each_step:
+                value = total.item()
+                if not math.isfinite(value):
+                    raise _diverged(state, value, state.iteration + 1, optimizer.param_groups[0]["lr"],
+                                    "(with the callbacks' extra losses)" if total is not loss else "")
+            elif total is not loss:
+                extra_sum += (total - loss).detach()
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             for cb in callbacks:
@@ -182,7 +251,152 @@ class _Epoch:
             self.bar.advance()
             if state.stop or state.iteration >= state.total_iterations:
                 break
-        return float(loss_sum) / max(seen, 1), int(hits) / max(seen, 1)
+        mean = float(loss_sum) / max(seen, 1)
+        if not self.check_each_step:
+            extras = float(extra_sum)
+            if not math.isfinite(mean + extras):
+                bad = mean if not math.isfinite(mean) else extras
+                raise _diverged(state, bad, state.iteration, optimizer.param_groups[0]["lr"],
+                                "(summed over the epoch)")
+        return mean, int(hits) / max(seen, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable training
+
+
+def checkpoint_file(checkpoint: str | os.PathLike) -> Path:
+    """The training-checkpoint file that ``fit(checkpoint=...)`` uses: the path itself when it ends in
+    ``.safetensors``, else ``<folder>/train_checkpoint.safetensors``."""
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (str, os.PathLike)):
+        raise PrunelabError(f"checkpoint must be a folder or a .safetensors path, got {checkpoint!r}")
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors":
+        return path
+    if path.suffix and not path.is_dir():
+        raise PrunelabError(
+            f"checkpoint {str(path)!r} must be a folder or a file ending in .safetensors, not {path.suffix!r}"
+        )
+    return path / CHECKPOINT_NAME
+
+
+def _sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _identity(config: TrainConfig, model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+              splits: dict[str, tuple[torch.Tensor, torch.Tensor] | None],
+              callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """What makes a checkpoint belong to this call: config, initial weights, data, callback types."""
+    x, y = train
+    rows = x[:: max(1, x.shape[0] // _FINGERPRINT_ROWS)]
+    dump = config.model_dump(mode="json")
+    return {
+        "config_hash": hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest(),
+        "config": dump,
+        "initial_weights": _sha256(sorted(model.state_dict().items())),
+        "data": {"x_train": list(x.shape), "x_train_sample": _sha256([("x", rows)]), "y_train": _sha256([("y", y)]),
+                 **{f"x_{k}": list(v[0].shape) if v is not None else None for k, v in splits.items()}},
+        "callbacks": [f"{type(cb).__module__}.{type(cb).__qualname__}" for cb in callbacks],
+    }
+
+
+def _mismatch(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """What differs between the saved identity and this call's, in words (None when nothing)."""
+    if saved.get("config_hash") != now["config_hash"]:
+        old, new = saved.get("config", {}), now["config"]
+        diff = [f"{k}={old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        return "another training config: " + ("; ".join(diff) or "different hash")
+    if saved.get("initial_weights") != now["initial_weights"]:
+        return "other initial weights (the model passed to fit differs from the checkpointed run's)"
+    if saved.get("data") != now["data"]:
+        return f"other data: {saved.get('data')} in the checkpoint, {now['data']} now"
+    if saved.get("callbacks") != now["callbacks"]:
+        return f"other callbacks: {saved.get('callbacks')} in the checkpoint, {now['callbacks']} now"
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Checkpointer:
+    """Writes, verifies, restores and finally removes the training checkpoint of one ``fit`` call."""
+
+    def __init__(self, file: Path, every: int, identity: dict[str, Any]) -> None:
+        self.file, self.every, self.identity = file, every, identity
+        remove_stale_tmp(file)  # left by an atomic write that a crash interrupted
+        self.saved: dict[str, Any] | None = None
+        if self.file.exists():
+            if not self.file.is_file():
+                raise PrunelabError(f"training checkpoint {str(self.file)!r} exists but is not a file")
+            saved = load_train_state(self.file)
+            why = _mismatch(saved.get("identity", {}), identity)
+            if why is not None:
+                raise PrunelabError(f"training checkpoint {str(self.file)!r} belongs to {why}; delete it "
+                                    "to start over or pass another checkpoint path")
+            self.saved = saved
+
+    def due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.every == 0
+
+    def save(self, state: TrainState, callbacks: Sequence[Callback], elapsed: float) -> None:
+        cb_states = []
+        for cb in callbacks:
+            s = cb.state_dict()
+            if not isinstance(s, dict):
+                raise PrunelabError(f"{type(cb).__name__}.state_dict() must return a dict, got {type(s).__name__}")
+            cb_states.append(s)
+        save_train_state(self.file, {
+            "identity": self.identity,
+            "loop": {"next_epoch": state.epoch + 1, "iteration": state.iteration, "elapsed": elapsed},
+            "history": state.history,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "callbacks": cb_states,
+            "rng": _rng_state(),
+        })
+
+    def restore(self, state: TrainState, callbacks: Sequence[Callback]) -> tuple[int, float]:
+        """Put the saved state back (after ``on_train_begin``); returns (next epoch, elapsed seconds)."""
+        saved = self.saved
+        assert saved is not None
+        check_fits(self.file, state.model, saved["model"])
+        state.model.load_state_dict(saved["model"], strict=True)
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        loop = saved["loop"]
+        state.history[:] = saved["history"]
+        state.iteration = loop["iteration"]
+        state.epoch = loop["next_epoch"] - 1
+        for cb, s in zip(callbacks, saved["callbacks"], strict=True):
+            cb.load_state_dict(s)
+        _set_rng_state(saved["rng"])  # last: on_train_begin and the restores may draw numbers
+        self.saved = None
+        return loop["next_epoch"], loop["elapsed"]
+
+    def remove(self) -> None:
+        self.file.unlink(missing_ok=True)
+        remove_stale_tmp(self.file)
 
 
 def fit(
@@ -191,6 +405,9 @@ def fit(
     config: TrainConfig | dict[str, Any] | None = None,
     callbacks: Iterable[Callback] = (),
     progress: bool = True,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place) on ``data.x_train, data.y_train`` with cross-entropy and ``config``.
 
@@ -199,10 +416,26 @@ def fit(
     ``config.device``. Each epoch ends with a history row (see :data:`ROW_KEYS`; evaluation columns
     are None on epochs without evaluation) merged with the callbacks' ``state.metrics``. The model
     is evaluated at the end of every ``eval_every``-th epoch and of the last one.
+
+    ``checkpoint`` (a folder, which gets ``train_checkpoint.safetensors``, or a ``.safetensors``
+    path) makes the run resumable: the training state is written atomically after every
+    ``checkpoint_every``-th epoch (default 1; not after the last), a call that finds a checkpoint of
+    the same config, initial weights, data and callback types resumes from it (another one is a
+    :class:`PrunelabError`), stale temporary files of the checkpoint are removed, and the checkpoint
+    is deleted when training succeeds. Neither argument changes the result.
+
+    Raises :class:`TrainingDiverged` when the training loss (or the final model's loss) is not finite.
     """
     config = _as_config(config)
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if checkpoint is None and checkpoint_every is not None:
+        raise PrunelabError(f"checkpoint_every={checkpoint_every!r} needs a checkpoint path (checkpoint=None)")
+    if checkpoint_every is None:
+        checkpoint_every = 1
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
+        raise PrunelabError(f"checkpoint_every must be a positive number of epochs, got {checkpoint_every!r}")
+    ckpt_file = checkpoint_file(checkpoint) if checkpoint is not None else None
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -226,6 +459,10 @@ def fit(
     else:
         assert config.epochs is not None
         total_iterations, total_epochs = config.epochs * steps_per_epoch, config.epochs
+    checkpointer = None
+    if ckpt_file is not None:
+        identity = _identity(config, model, train, {"test": test, "val": val}, callbacks)
+        checkpointer = _Checkpointer(ckpt_file, checkpoint_every, identity)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(config, step, steps_per_epoch, total_iterations)
@@ -239,22 +476,31 @@ def fit(
         return (evaluate(model, *val, batch_size=eval_bs) if val is not None else None,
                 evaluate(model, *test, batch_size=eval_bs))
 
-    bar = ProgressBar(progress, total_iterations)
+    resuming = checkpointer is not None and checkpointer.saved is not None
+    done_before = checkpointer.saved["loop"]["iteration"] if resuming else 0  # type: ignore[union-attr]
+    bar = ProgressBar(progress, total_iterations, total_epochs=total_epochs, completed=done_before)
     epoch_runner = _Epoch(state, callbacks, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
                           bar, train[1])
-    diverged = False
     evaluated_at: tuple[int, EvalResult | None, EvalResult] | None = None
+    first_epoch, elapsed_before, resumed_from = 0, 0.0, None
     start = time.perf_counter()
     model.train()
     with _deterministic(config.deterministic, device):
         try:
             for cb in callbacks:
                 cb.on_train_begin(state)
-            for epoch in range(total_epochs):
+            if resuming:
+                assert checkpointer is not None
+                first_epoch, elapsed_before = checkpointer.restore(state, callbacks)
+                resumed_from = first_epoch
+                bar.note(f"train: resuming from {checkpointer.file} after epoch {first_epoch}/{total_epochs} "
+                         f"(iteration {state.iteration}/{total_iterations})")
+            for epoch in range(first_epoch, total_epochs):
                 if state.stop or state.iteration >= total_iterations:
                     break
                 state.epoch, state.metrics = epoch, {}
                 loader.set_epoch(epoch)
+                bar.begin_epoch(epoch + 1)
                 for cb in callbacks:
                     cb.on_epoch_begin(state)
                 t0 = time.perf_counter()
@@ -262,8 +508,6 @@ def fit(
                 row.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
                 row["train_loss"], row["train_acc"] = epoch_runner.run(loader)
                 row["iteration"] = state.iteration
-                if not math.isfinite(row["train_loss"]):
-                    diverged = state.stop = True
                 last = epoch == total_epochs - 1 or state.iteration >= total_iterations or state.stop
                 if last or (config.eval_every and (epoch + 1) % config.eval_every == 0):
                     val_res, test_res = evaluate_now()
@@ -279,12 +523,15 @@ def fit(
                 if clash:
                     raise PrunelabError(f"callback metrics {clash} collide with the training-loop columns")
                 row.update(state.metrics)
-                bar.show(row)
+                last = last or state.stop
+                bar.show(row, last=last)
+                if checkpointer is not None and not last and checkpointer.due(epoch):
+                    checkpointer.save(state, callbacks, elapsed_before + time.perf_counter() - start)
             for cb in callbacks:
                 cb.on_train_end(state)
         finally:
             bar.close()
-    elapsed = time.perf_counter() - start
+    elapsed = elapsed_before + time.perf_counter() - start
     # Re-evaluate unless the last evaluation saw the final model: no step since, and no callback
     # with an on_epoch_end/on_train_end hook (which may have changed the weights, e.g. pruned them).
     hooks_after_eval = any(
@@ -295,11 +542,21 @@ def fit(
         _, val_res, test_res = evaluated_at
     else:
         val_res, test_res = evaluate_now()
+    for split, res in (("test", test_res), ("validation", val_res)):
+        if res is not None and not math.isfinite(res.loss):
+            raise TrainingDiverged(
+                f"training diverged: the final model's {split} loss is {res.loss} (non-finite weights or "
+                f"outputs) after epoch {len(state.history)}/{total_epochs}, iteration "
+                f"{state.iteration}/{total_iterations} (lr {optimizer.param_groups[0]['lr']:g}); {_CAUSES}",
+                epoch=len(state.history), iteration=state.iteration, lr=optimizer.param_groups[0]["lr"],
+                loss=res.loss,
+            )
+    if checkpointer is not None:
+        checkpointer.remove()
     scored = [r for r in state.history if r.get("val_acc") is not None]
     best = max(scored, key=lambda r: r["val_acc"])["epoch"] if scored else None
     return TrainResult(
         history=state.history, final=test_res, final_val=val_res, best_epoch=best,
         epochs=len(state.history), iterations=state.iteration, time=elapsed,
-        stopped_early=state.stop and not diverged and state.iteration < total_iterations,
-        diverged=diverged,
+        stopped_early=state.stop and state.iteration < total_iterations, resumed_from=resumed_from,
     )
