@@ -346,6 +346,15 @@ def test_a_flagged_criterion_is_refused_before_it_runs():
     P(mlp(), 0.5, mine, data=(X, Y))
     assert calls == [1]
 
+    def my_update(model, old, new, ctx):
+        calls.append(2)
+
+    my_update.needs_data = True  # type: ignore[attr-defined]
+    _assert_one_line_error(lambda: P(mlp(), 0.5, update=my_update),
+                           "update 'my_update' is data-dependent: pass data=(inputs, targets) or an iterable of "
+                           "such batches to prunelab.prune")
+    assert calls == [1]
+
 
 def test_scoring_never_starts_on_bad_data():
     calls = []

@@ -50,6 +50,11 @@ def prune(
     ``device`` moves the model there (default: where its parameters are). ``loss_fn(outputs,
     targets)`` defaults to cross-entropy. Same seed, same device -> same masks.
 
+    Every argument is checked before any work; bad input is a one-line ``PrunelabError``. ``data`` is
+    checked once up front (:func:`prunelab.pruning.context.as_batches` and ``check_data``: 0 samples,
+    x/y lengths, the input shape by one probe forward pass, and with the default loss integer labels in
+    0..C-1); a criterion or update flagged ``fn.needs_data = True`` without data is an error naming it.
+
     ``sparsity_kind="effective"`` makes ``sparsity`` a target for the *effective* sparsity (weights
     cut off from input or output count as removed; Vysogorets & Kempe 2023): the number of
     lowest-scored weights to prune is found by bisection. ``effective=True`` also returns the

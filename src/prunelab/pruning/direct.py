@@ -103,7 +103,8 @@ def prune_direct(
         if needs_data(score_fn):
             raise PrunelabError(no_data_message(criterion_name))
         if needs_data(update_fn):
-            name = update if isinstance(update, str) and update != "auto" else score_fn.default_update  # type: ignore[attr-defined]
+            name = update if isinstance(update, str) and update != "auto" else getattr(score_fn, "default_update", None)
+            name = name if isinstance(name, str) else getattr(update_fn, "__name__", "update")
             raise PrunelabError(no_data_message(name, "update"))
     allocation_name = (
         allocation.lower() if isinstance(allocation, str)
