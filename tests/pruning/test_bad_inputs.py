@@ -89,14 +89,14 @@ ROWS: list[Row] = [
     # --- model and masks --------------------------------------------------------------------------
     ("model not a module", lambda m: P("model", 0.5), "model must be a torch.nn.Module, got str"),
     ("no prunable layer", lambda m: P(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), 0.5),
-     "model Sequential has no prunable layer (include=None, exclude=()); by default the weights of "
-     "Linear and Conv1d/2d/3d layers are prunable"),
+     ("model Sequential has no prunable layer (include=None, exclude=()); by default the weights of "
+     "Linear and Conv1d/2d/3d layers are prunable")),
     ("everything excluded", lambda m: P(m, 0.5, exclude=("*",)),
-     "model Sequential has no prunable layer (include=None, exclude=('*',)); by default the weights of "
-     "Linear and Conv1d/2d/3d layers are prunable"),
+     ("model Sequential has no prunable layer (include=None, exclude=('*',)); by default the weights of "
+     "Linear and Conv1d/2d/3d layers are prunable")),
     ("masks of another model (names)", lambda m: P(m, 0.5, masks=Masks.ones(named_net())),
-     f"mask 'fc1.weight' (and 4 more: 'fc2.weight', 'fc3.weight', 'fc4.weight', ...) names no parameter of the "
-     f"model; prunable parameters: {LAYERS}"),
+     (f"mask 'fc1.weight' (and 4 more: 'fc2.weight', 'fc3.weight', 'fc4.weight', ...) names no parameter of the "
+     f"model; prunable parameters: {LAYERS}")),
     ("one mask of another model", lambda m: P(m, 0.5, masks={**Masks.ones(m), "fc9.weight": torch.ones(2, 2, dtype=torch.bool)}),
      f"mask 'fc9.weight' names no parameter of the model; prunable parameters: {LAYERS}"),
     ("masks of another model (shapes)",
@@ -150,16 +150,16 @@ ROWS: list[Row] = [
     ("allocation lists all, wrong total", lambda m: P(m, 0.9, allocation={"1": 0.5, "3": 0.5, "5": 0.5}),
      "the explicit allocation lists every layer and implies overall sparsity 0.500000, not 0.9; pass sparsity=0.500000"),
     ("allocation listed keep too many", lambda m: P(m, 0.9, allocation={"1": 0.0}),
-     "the explicit allocation keeps 120 weights in the listed layers (1.weight), more than the 22 that sparsity "
+     ("the explicit allocation keeps 120 weights in the listed layers (1.weight), more than the 22 that sparsity "
      "0.9 keeps overall even with the unlisted layers (3.weight, 5.weight) emptied: raise the listed sparsities "
-     "or lower the overall sparsity"),
+     "or lower the overall sparsity")),
     ("allocation unlisted cannot fill", lambda m: P(m, 0.1, allocation={"1": 0.9}),
-     "the explicit allocation keeps 12 weights in the listed layers; reaching sparsity 0.1 (202 kept) would need "
+     ("the explicit allocation keeps 12 weights in the listed layers (1.weight); reaching sparsity 0.1 (202 kept) would need "
      "the unlisted layers (3.weight, 5.weight) to keep 190 weights, but they hold only 104: lower the listed "
-     "sparsities or raise the overall sparsity"),
+     "sparsities or raise the overall sparsity")),
     ("allocation iterative", lambda m: P(m, 0.5, allocation={"1": 0.5}, iterations=2),
-     "an explicit per-layer allocation is one-shot, but 2 rounds were asked for (iterations / options['iterations'] "
-     "/ an iterative criterion): pass iterations=1"),
+     ("an explicit per-layer allocation is one-shot, but 2 rounds were asked for (iterations / options['iterations'] "
+     "/ an iterative criterion): pass iterations=1")),
     # --- data: none, 0 samples ------------------------------------------------------------------------
     *[(f"{c} without data", prune_with(c, None), NEEDS.format(c)) for c in ("snip", "grasp", "upa", "woodfisher", "cbs")],
     ("obs update without data", lambda m: P(m, 0.5, update="obs"), NEEDS.format("obs")),
@@ -186,11 +186,11 @@ ROWS: list[Row] = [
                                             data=(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))),
      "data: inputs have shape (2, 3, 32, 32) but the model takes (1, 28, 28) per sample: give inputs of shape (N, 1, 28, 28)"),
     ("batches of different shapes", prune_with("snip", [(X, Y), (torch.randn(4, 10), Y[:4])]),
-     "data: batch 1 has inputs of shape (4, 10) but batch 0 has per-sample shape (12,); every batch must have the "
-     "same per-sample shape"),
+     ("data: batch 1 has inputs of shape (4, 10) but batch 0 has per-sample shape (12,); every batch must have the "
+     "same per-sample shape")),
     ("inputs 0-d", prune_with("snip", (torch.tensor(1.0), torch.tensor(1))),
-     "data: the inputs of the batch are a 0-d tensor; inputs must be (N, *input_shape) and targets (N, ...), "
-     "the batch dimension first"),
+     ("data: the inputs of the batch are a 0-d tensor; inputs must be (N, *input_shape) and targets (N, ...), "
+     "the batch dimension first")),
     ("int inputs", prune_with("snip", (X.long(), Y)),
      re.compile(re.escape("data: inputs have dtype torch.int64 but the model's weights are torch.float32: convert "
                           "the inputs (torch: ") + r"[^\n]*dtype[^\n]*\)")),
@@ -214,27 +214,27 @@ ROWS: list[Row] = [
     ("labels out of range in a later batch", prune_with("snip", [(X[:8], Y[:8]), (X[8:], Y[8:] * 0 + 7)]),
      "data: labels must be class indices in 0..2 (the model has 3 outputs), got labels from 0 to 7"),
     *[(f"{c} float labels", prune_with(c, (X, Y.float())),
-       "data: the targets of the batch have dtype torch.float32; the default cross-entropy loss needs integer class "
-       "labels (int64) in 0..2: convert them (y.long()) or pass loss_fn=")
+       ("data: the targets of the batch have dtype torch.float32; the default cross-entropy loss needs integer class "
+       "labels (int64) in 0..2: convert them (y.long()) or pass loss_fn="))
       for c in ("snip", "grasp", "upa", "woodfisher", "cbs")],
     ("bool labels", prune_with("snip", (X, Y > 0)),
-     "data: the targets of the batch have dtype torch.bool; the default cross-entropy loss needs integer class "
-     "labels (int64) in 0..2: convert them (y.long()) or pass loss_fn="),
+     ("data: the targets of the batch have dtype torch.bool; the default cross-entropy loss needs integer class "
+     "labels (int64) in 0..2: convert them (y.long()) or pass loss_fn=")),
     ("one-hot labels", prune_with("snip", (X, nn.functional.one_hot(Y, 3))),
-     "data: the targets of the batch have shape (16, 3), but for model outputs of shape (N, 3) cross-entropy "
-     "needs class indices of shape (16,)"),
+     ("data: the targets of the batch have shape (16, 3), but for model outputs of shape (N, 3) cross-entropy "
+     "needs class indices of shape (16,)")),
     ("column labels", prune_with("snip", (X, Y[:, None])),
-     "data: the targets of the batch have shape (16, 1), but for model outputs of shape (N, 3) cross-entropy "
-     "needs class indices of shape (16,)"),
+     ("data: the targets of the batch have shape (16, 1), but for model outputs of shape (N, 3) cross-entropy "
+     "needs class indices of shape (16,)")),
     ("1-d model output", lambda m: P(nn.Sequential(nn.Linear(12, 1), nn.Flatten(0)), 0.5, "snip", data=(X, Y)),
-     "data: the model's output for 2 inputs has shape (2,); the default cross-entropy loss needs logits of shape "
-     "(N, C): pass loss_fn= for other outputs"),
+     ("data: the model's output for 2 inputs has shape (2,); the default cross-entropy loss needs logits of shape "
+     "(N, C): pass loss_fn= for other outputs")),
     ("magnitude is given bad data too", prune_with("magnitude", (X, Y[:10])),
      "data: the batch has 16 inputs but 10 targets (shapes (16, 12) and (10,)); they must have the same length"),
 ]
 
 
-def _assert_one_line_error(call: Callable[[], Any], expected: "str | re.Pattern[str]") -> None:
+def _assert_one_line_error(call: Callable[[], Any], expected: str | re.Pattern[str]) -> None:
     try:
         call()
     except PrunelabError as exc:
@@ -273,15 +273,15 @@ VALIDATE_ROWS: list[tuple[str, Callable[[], Any], str]] = [
     ("all listed, wrong total", lambda: validate_allocation(mlp(), {"1": 0.5, "3": 0.5, "5": 0.5}, 0.9),
      "the explicit allocation lists every layer and implies overall sparsity 0.500000, not 0.9; pass sparsity=0.500000"),
     ("unlisted cannot fill", lambda: validate_allocation(mlp(), {"1": 0.9}, 0.1),
-     "the explicit allocation keeps 12 weights in the listed layers; reaching sparsity 0.1 (202 kept) would need "
+     ("the explicit allocation keeps 12 weights in the listed layers (1.weight); reaching sparsity 0.1 (202 kept) would need "
      "the unlisted layers (3.weight, 5.weight) to keep 190 weights, but they hold only 104: lower the listed "
-     "sparsities or raise the overall sparsity"),
+     "sparsities or raise the overall sparsity")),
     ("uniform_plus beyond its reach", lambda: validate_allocation(mlp(), "uniform_plus", 0.9),
-     "allocation 'uniform_plus' cannot reach sparsity 0.9 on these masks: it keeps at least 125 of 224 weights "
-     "(max sparsity 0.442857)"),
+     ("allocation 'uniform_plus' cannot reach sparsity 0.9 on these masks: it keeps at least 125 of 224 weights "
+     "(max sparsity 0.442857)")),
     ("no prunable layer", lambda: validate_allocation(nn.Sequential(nn.ReLU()), "global"),
-     "model Sequential has no prunable layer (include=None, exclude=()); by default the weights of Linear and "
-     "Conv1d/2d/3d layers are prunable"),
+     ("model Sequential has no prunable layer (include=None, exclude=()); by default the weights of Linear and "
+     "Conv1d/2d/3d layers are prunable")),
     ("masks instead of a model", lambda: validate_allocation(Masks.ones(mlp()), {"7": 0.5}),
      f"explicit allocation names layer '7', which is not prunable; layers: {LAYERS}"),
 ]
@@ -405,3 +405,10 @@ def test_explicit_allocation_rejects_a_fully_pruned_layer():
     # a layer at sparsity 1.0 would cut the network: [0, 1) as for the overall sparsity
     with pytest.raises(PrunelabError, match=r"^sparsity of layer 'fc' must be a number in \[0, 1\)"):
         ExplicitAllocation({"fc": 1.0})
+
+
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    masks = P(mlp(), np.float32(0.5), allocation={"1": np.float64(0.25)})
+    assert masks.num_kept() == 112 and masks.per_layer()["1.weight"]["kept"] == 90

@@ -411,7 +411,8 @@ class ExplicitAllocation:
                 )
             if rest > room + 0.5:
                 raise PrunelabError(
-                    f"the explicit allocation keeps {listed} weights in the listed layers; reaching sparsity "
+                    f"the explicit allocation keeps {listed} weights in the listed layers ({', '.join(fixed)}); "
+                    f"reaching sparsity "
                     f"{sparsity!r} ({keep_total} kept) would need the unlisted layers ({unlisted}) to keep "
                     f"{int(round(rest))} weights, but they hold only {int(room)}: lower the listed "
                     "sparsities or raise the overall sparsity"
