@@ -18,9 +18,9 @@ otherwise the effective fields are None and ``effective_note`` says why.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 from prunelab.analysis.effective import effective_masks
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
+from prunelab.report.tables import Col, compact_count, fit_table, fixed, ratio, write_csv
 from prunelab.utils import compression_ratio, eval_mode
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -134,32 +135,45 @@ class SparsityReport:
         )
         return rows
 
-    def to_table(self, title: str | None = "Sparsity report") -> Table:
-        """A ``rich`` table of :meth:`to_rows` (None shown as "-")."""
-        table = Table(title=title)
-        columns = [
-            ("name", "layer"), ("kind", "type"), ("shape", "shape"), ("params", "params"),
-            ("nonzero", "non-zero"), ("sparsity", "sparsity"), ("compression", "compr."),
-            ("flops_dense", "MACs dense"), ("flops_sparse", "MACs sparse"),
-            ("effective_sparsity", "eff. sparsity"), ("effective_compression", "eff. compr."),
+    def to_table(self, title: str | None = "Sparsity report", width: int | None = 80) -> Table:
+        """A ``rich`` table of :meth:`to_rows` that fits ``width`` characters (None: every column).
+
+        Layers are named by module (``features.0`` for ``features.0.weight``), counts are compact
+        (``2.36M``); when the columns do not fit, the least essential go first (type, dense MACs,
+        effective compression, shape, ...) and the caption names them. Columns that are None in
+        every row (FLOPs without an input shape, effective sparsity not computed) are left out and
+        the caption says why. Exact values: :meth:`to_rows` / :meth:`to_csv`.
+        """
+        rows = self.to_rows()
+        for row in rows:
+            if isinstance(row["name"], str) and row["name"].endswith(".weight"):
+                row["name"] = row["name"][: -len(".weight")]
+        cols = [
+            Col("name", "layer", str, 0, "left", 30), Col("kind", "type", str, 7, "left"),
+            Col("shape", "shape", str, 4, "left"), Col("params", "params", _count, 0),
+            Col("nonzero", "non-\nzero", _count, 1), Col("sparsity", "sparsity", fixed(4), 0),
+            Col("compression", "compr.", ratio, 3), Col("flops_dense", "MACs\ndense", _count, 6),
+            Col("flops_sparse", "MACs\nsparse", _count, 2),
+            Col("effective_sparsity", "eff.\nsparsity", fixed(4), 1),
+            Col("effective_compression", "eff.\ncompr.", ratio, 5),
         ]
-        for key, header in columns:
-            table.add_column(header, justify="left" if key in ("name", "kind", "shape") else "right")
-        for row in self.to_rows():
-            table.add_row(*(_fmt(key, row.get(key)) for key, _ in columns))
-        return table
+        notes = []
+        if self.flops_dense is None:
+            cols = [c for c in cols if not c.key.startswith("flops")]
+            notes.append("MACs: no input shape")
+        if self.effective_kept is None:
+            cols = [c for c in cols if not c.key.startswith("effective")]
+            notes.append(f"effective sparsity: {self.effective_note or 'not computed'}")
+        return fit_table(rows, cols, width=width, title=title, caption="; ".join(notes) or None,
+                         sections=(len(rows) - 2,))
+
+    def to_csv(self, path) -> Path:
+        """:meth:`to_rows` with exact values, one row per layer and the total (atomic write)."""
+        return write_csv(path, self.to_rows())
 
 
-def _fmt(key: str, value: Any) -> str:
-    if value is None or value == "":
-        return "-" if value is None else ""
-    if isinstance(value, float):
-        if key.endswith("compression"):
-            return "inf" if math.isinf(value) else f"{value:.2f}"
-        return f"{value:.4f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+def _count(value: Any) -> str:
+    return "" if value == "" else compact_count(value)
 
 
 def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None = None) -> tuple[int, ...] | None:

@@ -1,66 +1,276 @@
-"""Plots made from a results table on disk (never from in-memory state)."""
+"""Plots made from a results table on disk (never from in-memory state).
+
+:func:`accuracy_vs_compression` reads ``results.csv`` and saves test accuracy against compression:
+
+* one series per method: the config columns that vary over the table, except the seed and the
+  sparsity (usually criterion, allocation, schedule); the columns with one value go into the title;
+* one point per target sparsity (``prune.sparsity``; without that column, per compression value):
+  the mean over the seeds, with error bars of the sample standard deviation where a point has more
+  than one seed; the legend says how many seeds (``n=3``);
+* x = compression (all parameters / non-zero parameters) on a log axis; where the table has
+  ``effective_compression`` that differs from the direct one, a second panel (same y axis) shows
+  accuracy against effective compression;
+* the dense baseline as a dashed horizontal line: the ``dense_test_accuracy`` column (the runner's
+  mean over seeds) if filled in, else the mean accuracy of the rows with sparsity 0, else no line;
+* the legend outside the axes; 10+ series get distinct colours (tab20) and markers.
+
+:func:`accuracy_figure` builds the same figure without saving it and returns a :class:`PlotSummary`
+(what was drawn), for tests and callers that want to check or change the figure.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import io
+import math
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from prunelab.report.tables import read_csv  # noqa: E402
+from prunelab.errors import PrunelabError
+from prunelab.report.tables import (
+    SEED_COLUMNS,
+    SPARSITY_COLUMNS,
+    columns_of,
+    general,
+    is_config_column,
+    read_results,
+    varying,
+)
+from prunelab.utils import atomic_write_bytes
+
+#: Method columns named by value only in a legend label; other varying config columns as ``key=value``.
+PRIMARY_METHOD_COLUMNS = ("prune.criterion", "prune.allocation", "prune.schedule")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7: coprime with 10 and 20 colours
+X_LABELS = {"compression": "compression (all parameters / non-zero)",
+            "effective_compression": "effective compression"}
 
 
-def _group(rows: list[dict[str, Any]], x: str, y: str, by: tuple[str, ...]):
-    groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+@dataclass
+class Series:
+    """One method: per point the mean x, mean accuracy, its standard deviation and the seed count."""
+
+    label: str
+    method: dict[str, Any]
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    yerr: list[float] = field(default_factory=list)
+    n: list[int] = field(default_factory=list)
+    x_effective: list[float] = field(default_factory=list)  # nan where not available
+
+    @property
+    def seeds(self) -> str:
+        lo, hi = min(self.n), max(self.n)
+        return f"n={lo}" if lo == hi else f"n={lo}-{hi}"
+
+
+@dataclass
+class PlotSummary:
+    """What a plot shows (the figure is in ``figure`` until it is saved and closed)."""
+
+    series: list[str]  # legend labels without the seed count, in legend order
+    points: dict[str, int]  # label -> number of points
+    seeds: dict[str, list[int]]  # label -> seeds per point
+    error_bars: bool  # some point has more than one seed, so error bars were drawn
+    baseline: list[float]  # y of the dense baseline line(s); empty: no line
+    baseline_source: str | None  # "dense_test_accuracy", "sparsity 0 rows" or None
+    panels: list[str]  # the x column of each panel
+    method_columns: list[str]  # the columns that tell the series apart
+    constant: dict[str, Any]  # method columns with one value (in the title)
+    skipped: int = 0  # points not drawn because their compression is infinite
+    path: Path | None = None
+    figure: Figure | None = field(default=None, repr=False)
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _label(method: dict[str, Any]) -> str:
+    parts = [general(v) if c in PRIMARY_METHOD_COLUMNS else f"{c.rsplit('.', 1)[-1]}={general(v)}"
+             for c, v in method.items()]
+    return " / ".join(parts) or "all runs"
+
+
+def method_columns(rows: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """(config columns that vary, except seed and sparsity; the method columns with one value)."""
+    cols = [c for c in columns_of(rows) if is_config_column(c) and c not in SEED_COLUMNS
+            and c not in SPARSITY_COLUMNS]
+    vary = varying(rows, cols)
+    ordered = [c for c in PRIMARY_METHOD_COLUMNS if c in vary] + [c for c in vary if c not in PRIMARY_METHOD_COLUMNS]
+    constant = {c: rows[0].get(c) for c in PRIMARY_METHOD_COLUMNS if c in cols and c not in vary}
+    return ordered, constant
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> tuple[list[Series], list[str], dict[str, Any], int]:
+    """Series (first-seen order) with one point per sparsity, mean and std over seeds; the method
+    columns; the constant ones; the number of points left out for infinite compression."""
+    by, constant = method_columns(rows)
+    point_key = "prune.sparsity" if any(r.get("prune.sparsity") is not None for r in rows) else None
+    groups: dict[tuple, dict[Any, list[dict[str, Any]]]] = {}
     for r in rows:
-        if r.get(x) is None or r.get(y) is None:
+        method = tuple(repr(r.get(c)) for c in by)
+        key = r.get(point_key) if point_key else float(f"{_num(r['compression']):.6g}")
+        groups.setdefault(method, {}).setdefault(key, []).append(r)
+    series, skipped = [], 0
+    for points in groups.values():
+        first = next(iter(points.values()))[0]
+        s = Series(label="", method={c: first.get(c) for c in by})
+        s.label = _label(s.method)
+        stats = []
+        for members in points.values():
+            xs = np.array([_num(r["compression"]) for r in members])
+            if not np.all(np.isfinite(xs)):
+                skipped += 1
+                continue
+            accs = np.array([_num(r["test_accuracy"]) for r in members])
+            eff = np.array([_num(r.get("effective_compression")) for r in members])
+            stats.append((float(xs.mean()), float(accs.mean()),
+                          float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, len(accs),
+                          float(eff.mean()) if np.all(np.isfinite(eff)) else math.nan))
+        if not stats:
             continue
-        label = " / ".join(str(r.get(b)) for b in by if r.get(b) not in (None, ""))
-        groups[label][float(r[x])].append(float(r[y]))
-    return groups
+        stats.sort()
+        s.x, s.y, s.yerr, s.n, s.x_effective = (list(v) for v in zip(*stats))
+        series.append(s)
+    return series, by, constant, skipped
+
+
+def dense_baseline(rows: Sequence[dict[str, Any]]) -> tuple[list[float], str | None]:
+    """The dense accuracy to draw: ``dense_test_accuracy`` (its distinct values), else the mean over
+    rows with sparsity 0, else none (never a made-up line)."""
+    dense = sorted({round(_num(r.get("dense_test_accuracy")), 12) for r in rows
+                    if r.get("dense_test_accuracy") is not None})
+    if dense:
+        return dense, "dense_test_accuracy"
+    col = next((c for c in ("prune.sparsity", "sparsity") if any(r.get(c) is not None for r in rows)), None)
+    zero = [_num(r["test_accuracy"]) for r in rows if col and r.get(col) == 0]
+    if zero:
+        return [float(np.mean(zero))], "sparsity 0 rows"
+    return [], None
+
+
+def _colours(n: int) -> list:
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    tab20 = plt.get_cmap("tab20")
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # the 10 strong colours, then their light twins
+    return [tab20(order[i % 20]) for i in range(n)]
+
+
+def _log_ticks(ax, xs: Sequence[float]) -> None:
+    """Log x axis with plain-number labels; enough of them to read a value, not so many they touch."""
+    ax.set_xscale("log")
+    xs = [x for x in xs if np.isfinite(x) and x > 0]
+    decades = math.log10(max(xs) / min(xs)) if xs else 1.0
+    subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if decades < 0.7 else (1.0, 2.0, 5.0) if decades < 3.5 \
+        else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def accuracy_figure(csv_path: str | Path, title: str | None = None) -> tuple[Figure, PlotSummary]:
+    """The accuracy-vs-compression figure of a results table (see the module docstring), unsaved.
+
+    Raises :class:`PrunelabError` for a table it cannot plot (empty, header only, binary, missing
+    ``test_accuracy``/``compression``, a non-numeric accuracy or compression, nothing finite to plot).
+    """
+    rows = read_results(csv_path)
+    series, by, constant, skipped = aggregate(rows)
+    if not series:
+        raise PrunelabError(f"results table {str(csv_path)!r}: no run has a finite compression to plot "
+                            f"(compression=inf in every row: no weight kept)")
+    baseline, source = dense_baseline(rows)
+    has_eff = "effective_compression" in columns_of(rows) and any(
+        np.isfinite(xe) and not math.isclose(xe, x, rel_tol=1e-9)
+        for s in series for x, xe in zip(s.x, s.x_effective))
+    panels = ["compression"] + (["effective_compression"] if has_eff else [])
+    error_bars = any(n > 1 for s in series for n in s.n)
+
+    n_rows_legend = len(series) + bool(baseline)
+    ncols = 1 if n_rows_legend <= 18 else 2
+    height = max(4.2, 0.22 * math.ceil(n_rows_legend / ncols) + 1.4)
+    fig, axes = plt.subplots(1, len(panels), sharey=True, squeeze=False, layout="constrained",
+                             figsize=(4.6 * len(panels) + 2.2 * ncols, height))
+    axes = list(axes[0])
+    colours = _colours(len(series))
+    same_n = len({s.seeds for s in series}) == 1  # then the legend title says n once
+    for ax, xcol in zip(axes, panels):
+        for i, s in enumerate(series):
+            xs = np.array(s.x if xcol == "compression" else s.x_effective)
+            keep = np.isfinite(xs)
+            ax.errorbar(xs[keep], np.array(s.y)[keep],
+                        yerr=np.array(s.yerr)[keep] if error_bars else None,
+                        color=colours[i], marker=MARKERS[i % len(MARKERS)], markersize=5, linewidth=1.4,
+                        capsize=3 if error_bars else 0, elinewidth=1,
+                        label=textwrap.fill(s.label if same_n else f"{s.label} ({s.seeds})", 40))
+        for j, y in enumerate(baseline):
+            ax.axhline(y, color="0.3", linestyle="--", linewidth=1.2, zorder=1,
+                       label=(f"dense ({', '.join(f'{v:.3f}' for v in baseline)})" if j == 0 else None))
+        _log_ticks(ax, [x for s in series for x in (s.x if xcol == "compression" else s.x_effective)])
+        ax.set_xlabel(X_LABELS[xcol])
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+    axes[0].set_ylabel("test accuracy" + (" (mean ± std over seeds)" if error_bars else ""))
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend_title = " / ".join(c.rsplit(".", 1)[-1] for c in by)
+    if same_n:
+        n = series[0].seeds
+        n = f"{n} seed" if n == "n=1" else f"{n} seeds"
+        legend_title = f"{legend_title} ({n})" if legend_title else n
+    fig.legend(handles, labels, loc="outside right upper", ncols=ncols, fontsize=8, title=legend_title,
+               title_fontsize=8, frameon=False)
+    head = [title] if title else []
+    if constant:
+        head.append(", ".join(f"{c.rsplit('.', 1)[-1]}={general(v)}" for c, v in constant.items()))
+    if head:
+        fig.suptitle("\n".join(head), fontsize=10)
+    if skipped:
+        # supxlabel: constrained layout keeps room for it (a free fig.text would overlap the x label)
+        fig.supxlabel(f"not shown: {skipped} point(s) with infinite compression (no weight kept)",
+                      fontsize=7, color="0.3")
+    summary = PlotSummary(
+        series=[s.label for s in series], points={s.label: len(s.x) for s in series},
+        seeds={s.label: list(s.n) for s in series}, error_bars=error_bars, baseline=baseline,
+        baseline_source=source, panels=panels, method_columns=by, constant=constant, skipped=skipped,
+        figure=fig)
+    return fig, summary
+
+
+def save_figure(fig: Figure, out_path: str | Path, dpi: int = 150) -> Path:
+    """Save ``fig`` atomically (format from the suffix: .png, .pdf, .svg) and close it."""
+    out_path = Path(out_path)
+    fmt = out_path.suffix.lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=fmt, dpi=dpi)
+    except ValueError as exc:  # unknown format
+        raise PrunelabError(f"cannot save a plot as {out_path.name!r}: {exc}") from None
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(out_path, buf.getvalue())
+    return out_path
+
+
+def plot_accuracy_vs_compression(csv_path: str | Path, out_path: str | Path,
+                                 title: str | None = None) -> PlotSummary:
+    """:func:`accuracy_figure` saved to ``out_path``; the summary (with ``path``) of what was drawn."""
+    fig, summary = accuracy_figure(csv_path, title)
+    summary.path = save_figure(fig, out_path)
+    summary.figure = None
+    return summary
 
 
 def accuracy_vs_compression(csv_path: str | Path, out_path: str | Path, title: str | None = None) -> Path:
-    """Test accuracy against compression (log axis), mean ± std over seeds, one line per method.
-
-    Solid lines use direct compression; where the table has effective compression, dashed lines
-    of the same colour show accuracy against it on the same axes.
-    """
-    rows = read_csv(csv_path)
-    by = ("prune.criterion", "prune.allocation", "prune.schedule")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    direct = _group(rows, "compression", "test_accuracy", by)
-    effective = _group(rows, "effective_compression", "test_accuracy", by)
-    for i, (label, pts) in enumerate(sorted(direct.items())):
-        color = f"C{i % 10}"
-        xs = sorted(pts)
-        means = [np.mean(pts[v]) for v in xs]
-        stds = [np.std(pts[v]) for v in xs]
-        ax.errorbar(xs, means, yerr=stds, marker="o", color=color, label=f"{label} (direct)", capsize=3)
-        if label in effective:
-            e = effective[label]
-            ex = sorted(e)
-            finite = [v for v in ex if np.isfinite(v)]
-            if finite:
-                ax.plot(finite, [np.mean(e[v]) for v in finite], "--", marker="x", color=color,
-                        label=f"{label} (effective)")
-    ax.set_xscale("log")
-    ax.set_xlabel("compression (all parameters / non-zero parameters)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    """Save the accuracy-vs-compression plot of ``csv_path`` to ``out_path``; return the path."""
+    return plot_accuracy_vs_compression(csv_path, out_path, title).path
