@@ -302,7 +302,8 @@ def _identity(config: TrainConfig, model: nn.Module, train: tuple[torch.Tensor, 
         "initial_weights": _sha256(sorted(model.state_dict().items())),
         "data": {"x_train": list(x.shape), "x_train_sample": _sha256([("x", rows)]), "y_train": _sha256([("y", y)]),
                  **{f"x_{k}": list(v[0].shape) if v is not None else None for k, v in splits.items()}},
-        "callbacks": [f"{type(cb).__module__}.{type(cb).__qualname__}" for cb in callbacks],
+        # class names only: a script's callback is __main__.X when run, script.X when imported
+        "callbacks": [type(cb).__qualname__ for cb in callbacks],
     }
 
 
