@@ -121,3 +121,71 @@ def test_effective_fields_are_filled_when_the_analysis_exists():
     assert report.layers[1].effective_sparsity == pytest.approx(2 / 8)
     assert report.effective_sparsity == pytest.approx(5 / 20) and report.sparsity == pytest.approx(3 / 20)
     assert report.effective_compression == pytest.approx(report.params / (report.params - 5))
+
+
+# ------------------------------------------------------------------------------ the table people read
+def render(table, width: int = 80) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def vgg16_report():
+    """A VGG-16 (CIFAR, 14 masked layers) at ~90% sparsity, effective fields filled in by hand."""
+    from prunelab import models
+
+    torch.manual_seed(0)
+    model = models.create("vgg16", num_classes=10, input_shape=(3, 32, 32))
+    gen = torch.Generator().manual_seed(0)
+    masks = Masks({k: torch.rand(v.shape, generator=gen) > 0.9 for k, v in Masks.ones(model).items()})
+    report = sparsity_report(model, masks, effective=False)
+    for layer in report.layers:  # as if 1% more were disconnected: the table must show the columns
+        layer.effective_sparsity = min(1.0, layer.sparsity + 0.01)
+        layer.effective_compression = 1 / (1 - layer.effective_sparsity)
+    report.effective_kept = report.prunable_kept - report.prunable // 100
+    report.effective_note = None
+    return report
+
+
+def test_vgg16_report_fits_80_columns_with_the_essential_columns():
+    report = vgg16_report()
+    assert len(report.layers) == 14
+    text = render(report.to_table())
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "\x1b" not in text and "…" not in text  # plain text, no value cut off
+    header = " ".join(lines[1:3])
+    for name in ("layer", "params", "sparsity", "non-", "eff."):
+        assert name in header
+    body = {line.split()[0]: line.split() for line in lines if line[:1].isalpha() and "  " in line}
+    for layer in report.layers:  # every layer, named by its module, with its exact sparsity
+        row = body[layer.name.removesuffix(".weight")]
+        assert f"{layer.sparsity:.4f}" in row and f"{layer.effective_sparsity:.4f}" in row
+    assert body["features.27"][1:3] == ["512x512x3x3", "2.36M"]
+    total = body["total"]
+    assert "14.7M" in total and f"{report.sparsity:.4f}" in total and f"{report.effective_sparsity:.4f}" in total
+    assert "not shown: type, MACs dense, eff. compr." in text  # the least essential, named
+
+
+def test_full_table_and_csv_keep_every_column(tmp_path):
+    report = vgg16_report()
+    wide = render(report.to_table(width=None), width=200)
+    assert "Conv2d" in wide and "313M" in wide and "not shown" not in wide
+    from prunelab.report.tables import read_csv
+
+    rows = read_csv(report.to_csv(tmp_path / "sparsity.csv"))
+    assert len(rows) == 15 and [r["name"] for r in rows][-2:] == ["classifier.weight", "total"]
+    assert rows[-1]["params"] == report.params and rows[-1]["flops_dense"] == report.flops_dense
+    assert rows[0]["nonzero"] == report.layers[0].nonzero  # exact counts, not 1.73k
+
+
+def test_table_says_why_columns_are_missing():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())  # no input shape: no MACs
+    text = render(sparsity_report(model, Masks.ones(model), effective=False).to_table())
+    table, caption = text.split("MACs: no")
+    assert "MACs" not in table and "eff." not in table
+    assert " ".join(caption.split()) == "input shape; effective sparsity: not requested"

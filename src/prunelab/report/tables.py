@@ -195,12 +195,10 @@ def compact_count(v: Any) -> str:
         return "-"
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return str(v)
+    rounded = float(f"{v:.3g}")  # round first, so that 999,950 is 1M, not 1e+03k
     for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= size:
-            text = f"{v / size:.3g}"
-            if float(text) >= 1000:  # 999.9k rounds up: say 1M
-                continue
-            return text + suffix
+        if abs(rounded) >= size:
+            return f"{rounded / size:.3g}{suffix}"
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
