@@ -19,13 +19,17 @@ from prunelab.pruning.second_order import (
     SelectionProblem,
     block_inverse,
     cbs_delta,
+    cbs_delta_full,
     cbs_select,
     chunked_magnitude_selection,
+    full_selection_bytes,
     magnitude_selection,
     make_layout,
     obs_delta,
     quadratic_loss,
+    selection_blocks,
 )
+from prunelab.pruning.second_order.cbs import network_loss
 from prunelab.pruning.second_order.fisher import fisher_for
 
 torch.set_num_threads(1)
@@ -219,6 +223,16 @@ def test_cbs_update_of_one_weight_is_the_obs_update():
 # ---------------------------------------------------------------- registered criterion and update
 
 
+def dense_cbs_delta(grads, w, pruned, damping):
+    """The paper's CBS-U with explicit matrices: F = damping I + G^T G / N, F^-1 by torch.linalg.inv,
+    [F^-1]_PP lambda = w_P, dw = -F^-1[:, P] lambda (the authors' cal_delta_w_base)."""
+    g = grads.double()
+    f = damping * torch.eye(g.shape[1], dtype=torch.float64) + g.T @ g / g.shape[0]
+    finv = torch.linalg.inv(f)
+    lam = torch.linalg.solve(finv[pruned][:, pruned], w[pruned])
+    return -(finv[:, pruned] @ lam)
+
+
 def tiny_setup(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -274,7 +288,7 @@ def test_cbs_update_after_magnitude_through_the_registry():
     pruned = magnitude_selection(w, 20)
     new = state.layout.unpack((~pruned).double())
     new = {n: (new[n] > 0) for n in masks}
-    expected = w + cbs_delta(state.inverse, w, pruned)
+    expected = w + dense_cbs_delta(state.grads, w, pruned, 1e-3)
     UPDATES.get("cbs")(model, masks, new, ctx)
     after = state.layout.pack(dict(model.named_parameters())).double()
     assert torch.all(after[pruned] == 0)
@@ -293,7 +307,7 @@ def test_prunelab_prune_runs_cbs_selection_and_update_end_to_end():
     state = fisher_for(model, masks, ctx, "test")
     expected_kept = state.layout.pack({n: (scores[n] >= 1) for n in masks}).bool()
     w = state.weights.clone()
-    expected_w = torch.where(expected_kept, w + cbs_delta(state.inverse, w, ~expected_kept), torch.zeros_like(w))
+    expected_w = torch.where(expected_kept, w + dense_cbs_delta(state.grads, w, ~expected_kept, 1e-3), torch.zeros_like(w))
 
     result = prunelab.prune(model, 0.6, "cbs", data=(x, y), seed=0, masks=masks, options=opts)
     total = sum(m.numel() for m in masks.values())
@@ -314,3 +328,97 @@ def test_prunelab_prune_woodfisher_with_obs_and_with_cbs_update():
         for name, param in model.named_parameters():
             if name in masks:
                 assert torch.all(param[~result[name]] == 0)
+
+
+# ---------------------------------------------------------------- the full Fisher (no d x d matrix)
+
+
+def test_full_fisher_selection_terms_equal_explicit_matrices_with_chunked_columns():
+    w, g, prob = random_problem(30, 9, ((0, 30),), seed=11)
+    prob.chunk_elements = 9 * 4  # 4 columns per chunk: exercise the chunked gamma
+    f = g.T @ g / 9  # the full undamped Fisher, explicitly
+    pruned = torch.zeros(30, dtype=torch.bool)
+    pruned[[1, 4, 5, 9, 17, 22, 28]] = True
+    z = prob.residuals(pruned)
+    y = torch.where(pruned, w, torch.zeros_like(w))
+    assert prob.objective(pruned) == pytest.approx(float(y @ f @ y), rel=1e-12)
+    kept = torch.nonzero(~pruned).reshape(-1)
+    i = 4
+    torch.testing.assert_close(prob.gamma(i, kept), 2 * w[i] * f[i, kept] * w[kept], rtol=1e-12, atol=1e-14)
+    fwp = f @ y
+    torch.testing.assert_close(prob.beta(z, kept), 2 * w[kept] * fwp[kept] + w[kept] ** 2 * f.diagonal()[kept],
+                               rtol=1e-12, atol=1e-14)
+    p_idx = torch.nonzero(pruned).reshape(-1)
+    torch.testing.assert_close(prob.alpha(z, p_idx), 2 * w[p_idx] * fwp[p_idx] - w[p_idx] ** 2 * f.diagonal()[p_idx],
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_selection_blocks_memory_rule_by_hand():
+    model, masks, _, _ = tiny_setup()
+    layout = make_layout(model, masks, block_size=20)
+    # 8 (N + 6 d + 2 window N) + 32 MiB for N = 1000, d = 10,000, window 10
+    assert full_selection_bytes(1000, 10_000, 10) == 8 * 81_000 + 2**25
+    full, blocks = ((0, layout.dim),), layout.blocks
+    assert len(blocks) > 1
+    assert selection_blocks(layout, 40, CBSOptions(), 2.0) == full  # the default: auto -> full
+    assert selection_blocks(layout, 40, CBSOptions(), 0.03) == blocks  # 32 MiB + a little > 0.03 GiB
+    assert selection_blocks(layout, 40, CBSOptions(selection="blocks"), 2.0) == blocks
+    with pytest.raises(PrunelabError, match="cbs_selection='blocks'"):
+        selection_blocks(layout, 40, CBSOptions(selection="full"), 0.03)
+    with pytest.raises(PrunelabError, match="cbs_selection"):
+        CBSOptions.from_options({"cbs_selection": "diagonal"})
+
+
+def test_cbs_criterion_selects_with_the_full_fisher_by_default():
+    model, masks, x, y = tiny_setup(10)
+    base = {"sparsity": 0.7, "fisher_samples": 40, "block_size": 10, "cbs_inits": 2}
+    chosen = {}
+    for selection in ("auto", "blocks"):
+        ctx = ScoreContext(batches=[(x, y)], seed=3, options={**base, "cbs_selection": selection})
+        scores = CRITERIA.get("cbs")(model, masks, ctx)
+        state = fisher_for(model, masks, ctx, "test")
+        chosen[selection] = state.layout.pack({n: scores[n] < 1 for n in masks}).bool() & state.layout.pack(
+            {n: masks[n] for n in masks}).bool()
+    # the same search run by hand on the explicit problems: one block over all weights vs the blocks of 10
+    loss_of = network_loss(model, state.layout, state.weights, [(x, y)], nn.functional.cross_entropy)
+    n_prune = int(chosen["auto"].sum())
+    for selection, blocks in (("auto", ((0, state.layout.dim),)), ("blocks", state.layout.blocks)):
+        ctx = ScoreContext(batches=[(x, y)], seed=3, options=base)
+        expected = cbs_select(SelectionProblem(state.weights, state.grads, blocks), n_prune,
+                              CBSOptions(inits=2), ctx.generator(offset=104729), loss_of).pruned
+        assert torch.equal(chosen[selection], expected)
+    assert not torch.equal(chosen["auto"], chosen["blocks"])  # the blocks drop cross-block terms
+
+
+@pytest.mark.parametrize("n_prune", [50, 10])  # |K| = 12 <= N (|K| x |K| system), |K| = 52 > N (N x N)
+def test_full_cbs_update_equals_the_dense_reference(n_prune):
+    model, masks, _, _ = tiny_setup(5)
+    layout = make_layout(model, masks, full=True)
+    gen = torch.Generator().manual_seed(n_prune)
+    grads = torch.randn(40, layout.dim, generator=gen, dtype=torch.float64)
+    w = torch.randn(layout.dim, generator=gen, dtype=torch.float64)
+    pruned = torch.zeros(layout.dim, dtype=torch.bool)
+    pruned[torch.randperm(layout.dim, generator=gen)[:n_prune]] = True
+    got = cbs_delta_full(grads, w, pruned, 1e-2)
+    torch.testing.assert_close(got, dense_cbs_delta(grads, w, pruned, 1e-2), rtol=1e-7, atol=1e-9)
+    assert torch.equal(got[pruned], -w[pruned])
+    # float32 G (as gradient_matrix stores it): the float64 products keep it to float32 precision
+    got32 = cbs_delta_full(grads.float(), w, pruned, 1e-2)
+    torch.testing.assert_close(got32, dense_cbs_delta(grads.float(), w, pruned, 1e-2), rtol=1e-6, atol=1e-8)
+
+
+def test_full_cbs_update_runs_where_the_d_by_d_inverse_is_refused():
+    model, masks, x, y = tiny_setup(6)
+    limit = 28_000 / 2**30  # G (4 N d = 9,920 B) and the N x N system (25,600 B) fit; d x d (30,752 B) not
+    ctx = ScoreContext(batches=[(x, y)], options={"fisher_samples": 40, "full": True, "fisher_memory_gb": limit})
+    state = fisher_for(model, masks, ctx, "test")
+    assert state.layout.dim == 62
+    with pytest.raises(PrunelabError, match="memory_limit_gb"):
+        block_inverse(state.grads, state.layout, 1e-3, memory_limit_gb=limit)
+    w = state.weights.clone()
+    pruned = magnitude_selection(w, 20)
+    new = state.layout.unpack((~pruned).double())
+    UPDATES.get("cbs")(model, masks, {n: new[n] > 0 for n in masks}, ctx)
+    after = state.layout.pack(dict(model.named_parameters())).double()
+    expected = torch.where(pruned, torch.zeros_like(w), w + dense_cbs_delta(state.grads, w, pruned, 1e-3))
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)

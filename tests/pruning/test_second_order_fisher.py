@@ -17,7 +17,9 @@ from prunelab.errors import PrunelabError
 from prunelab.pruning.context import CRITERIA, UPDATES, ScoreContext
 from prunelab.pruning.second_order import (
     FisherOptions,
+    LowRankInverse,
     block_inverse,
+    full_inverse,
     gradient_matrix,
     make_layout,
     obs_delta,
@@ -25,7 +27,7 @@ from prunelab.pruning.second_order import (
     recursive_inverse,
     woodfisher_saliency,
 )
-from prunelab.pruning.second_order.fisher import fisher_for
+from prunelab.pruning.second_order.fisher import fisher_for, gram64, matvec64, rmatvec64
 
 torch.set_num_threads(1)
 DAMP = 1e-3
@@ -338,3 +340,46 @@ def test_clear_errors_for_missing_data_too_few_samples_and_bad_options():
     with pytest.raises(PrunelabError, match="keeps weights the old mask pruned"):
         revived = {n: torch.ones_like(m) for n, m in masks.items()}
         UPDATES.get("obs")(model, masks, revived, ctx_for(x, y, fisher_samples=5))
+
+
+# ---------------------------------------------------------------- the full Fisher without a d x d matrix
+
+
+def test_low_rank_full_inverse_equals_the_dense_inverse():
+    model, masks = tiny_model(), tiny_masks()
+    layout = make_layout(model, masks, full=True)
+    n = 9  # N < d: the Woodbury route
+    grads = torch.randn(n, layout.dim, generator=torch.Generator().manual_seed(2)) * 0.7
+    inv = full_inverse(grads, layout, DAMP)
+    assert isinstance(inv, LowRankInverse)
+    g = grads.double()
+    reference = torch.linalg.inv(DAMP * torch.eye(layout.dim, dtype=torch.float64) + g.T @ g / n)
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(inv.dense(), reference, rtol=1e-7, atol=1e-9 * scale)
+    torch.testing.assert_close(inv.diag(), reference.diagonal(), rtol=1e-7, atol=1e-9 * scale)
+    v = torch.randn(layout.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(inv.matvec(v), reference @ v, rtol=1e-7, atol=1e-9 * scale)
+    # the chunked float64 products, with 2-column chunks
+    cols = torch.rand(layout.dim, generator=torch.Generator().manual_seed(4)) > 0.5
+    torch.testing.assert_close(matvec64(grads, v, step=2), g @ v)
+    torch.testing.assert_close(rmatvec64(grads, v[:n], step=2), g.T @ v[:n])
+    torch.testing.assert_close(gram64(grads, cols, step=2), g[:, cols] @ g[:, cols].T)
+
+
+def test_full_option_uses_the_low_rank_inverse_in_woodfisher_and_obs():
+    model, masks = tiny_model(), tiny_masks()
+    x, y = tiny_data(10)
+    ctx = ctx_for(x, y, fisher_samples=10, full=True)  # N = 10 < d = 37
+    state = fisher_for(model, masks, ctx, "test")
+    assert state.layout.dim > 10 and isinstance(state.inverse, LowRankInverse)
+    g = state.grads.double()
+    finv = torch.linalg.inv(DAMP * torch.eye(state.layout.dim, dtype=torch.float64) + g.T @ g / 10)
+    scores = CRITERIA.get("woodfisher")(model, masks, ctx)
+    w = state.weights
+    expected = state.layout.unpack(w**2 / (2 * finv.diagonal()))
+    for name in masks:
+        torch.testing.assert_close(scores[name].double(), expected[name], rtol=1e-5, atol=1e-9)
+    pruned = torch.zeros(state.layout.dim, dtype=torch.bool)
+    pruned[[0, 5, 20]] = True
+    coeff = torch.where(pruned, w / finv.diagonal(), torch.zeros_like(w))
+    torch.testing.assert_close(obs_delta(state.inverse, w, pruned), -(finv @ coeff), rtol=1e-7, atol=1e-9)

@@ -4,7 +4,8 @@ Importing this package registers criteria ``woodfisher`` and ``cbs`` (in ``CRITE
 ``obs`` and ``cbs`` (in ``UPDATES``). All of them read their settings from ``ctx.options``: the Fisher
 keys of :class:`FisherOptions` (``fisher_samples``, ``fisher_batch``, ``damping``, ``block_size``,
 ``full``), the CBS-S keys of :class:`CBSOptions` (``cbs_epsilon``, ``cbs_window``, ``cbs_misses``,
-``cbs_passes``, ``cbs_inits``) and, for criterion ``cbs`` only, ``sparsity``. See docs/second_order.md.
+``cbs_passes``, ``cbs_inits``, ``cbs_selection``) and, for criterion ``cbs`` only, ``sparsity``. See
+docs/second_order.md.
 """
 
 from prunelab.pruning.second_order.cbs import (
@@ -12,17 +13,22 @@ from prunelab.pruning.second_order.cbs import (
     SelectionProblem,
     SelectionResult,
     cbs_delta,
+    cbs_delta_full,
     cbs_select,
     chunked_magnitude_selection,
+    full_selection_bytes,
     magnitude_selection,
+    selection_blocks,
 )
 from prunelab.pruning.second_order.fisher import (
     BlockInverse,
     FisherOptions,
     FisherState,
+    LowRankInverse,
     block_inverse,
     build_fisher,
     fisher_for,
+    full_inverse,
     quadratic_loss,
     recursive_inverse,
 )
@@ -36,19 +42,24 @@ __all__ = [
     "FisherOptions",
     "FisherState",
     "Layout",
+    "LowRankInverse",
     "SelectionProblem",
     "SelectionResult",
     "block_inverse",
     "build_fisher",
     "cbs_delta",
+    "cbs_delta_full",
     "cbs_select",
     "chunked_magnitude_selection",
     "fisher_for",
+    "full_inverse",
+    "full_selection_bytes",
     "gradient_matrix",
     "magnitude_selection",
     "make_layout",
     "obs_delta",
     "quadratic_loss",
     "recursive_inverse",
+    "selection_blocks",
     "woodfisher_saliency",
 ]

@@ -2,9 +2,15 @@
 
 **CBS-S** (selection, their Sec. 4.1 and Algorithm 1) chooses the set P of weights to prune jointly, by
 minimising ``sum_{k,m} A_km y_k y_m`` with ``A_km = w_k F_km w_m``, y the 0/1 indicator of P and F the
-*undamped* empirical Fisher ``G^T G / N`` (block-diagonal when the Fisher is), subject to
-``|P| = n_prune``. The objective is ``sum_blocks ||G_b[:, P] w_P||^2 / N``: it is applied through G and
-one residual vector ``z_b = G_b[:, P] w_P`` per block, never as a d x d matrix.
+*undamped* empirical Fisher ``G^T G / N``, subject to ``|P| = n_prune``. The objective is
+``||G[:, P] w_P||^2 / N``: it is applied through G and one residual vector ``z = G[:, P] w_P``, never
+as a d x d matrix, and needs no inverse. By default (``cbs_selection="auto"``) F is the **full**
+Fisher, as in the paper and the authors' code (``greedy_alg/greedy.py``: ``get_F_IJ`` /
+``cal_HW`` read ``F_ij = mean_n G_ni G_nj`` straight from G); ``"blocks"`` restricts it to the
+Fisher's diagonal blocks (one residual ``z_b`` per block; ``greedy_alg/greedyblock.py``). Memory rule:
+beyond G itself (``4 N d`` bytes, which the Fisher needs anyway), the full selection needs
+``8 (N + 6 d + 2 window N)`` bytes plus 32 MiB of column chunks (:func:`full_selection_bytes`);
+``auto`` takes it whenever that fits in ``fisher_memory_gb``, else the blocks.
 
 1. *Randomised magnitude initialisation*: global magnitude pruning, and ``inits`` selections that keep
    the largest weights within random chunks of the weights; the one with the lowest measured loss on
@@ -29,7 +35,13 @@ per chunk and lets the last chunk absorb the error); a pass with no accepted swa
 **CBS-U** (update, their Sec. 4.2, Eq. 11-12): for the pruned set P, the change ``dw`` minimising
 ``1/2 dw^T F dw`` subject to ``dw_P = -w_P`` (damped F) is ``dw = -F^-1[:, P] lambda`` with
 ``[F^-1]_PP lambda = w_P``. It zeroes the pruned weights exactly, can follow any selection, and with a
-block-diagonal F is solved per block.
+block-diagonal F is solved per block (:func:`cbs_delta`). With the full Fisher (``full=True``) the
+same minimiser is computed from F restricted to the kept weights K (:func:`cbs_delta_full`):
+``dw_K = F_KK^-1 F_KP w_P`` (a Schur-complement identity, equal to the paper's formula), and with
+``F = damping I + G^T G / N`` that is ``dw_K = G_K^T (N damping I + G_K G_K^T)^-1 G_P w_P``: one N x N
+system, no inverse of F. The authors' code (``cal_delta_w_base``) forms the full d x d ``F^-1`` and
+solves ``[F^-1]_PP lambda = w_P``; same result, which we do not do because that matrix needs 8 d^2
+bytes (8.4 GB on MLPNet).
 
 **Registration contract.** CBS-S selects a *set* for a given sparsity, not per-weight scores. The ``cbs``
 criterion therefore reads the target sparsity (fraction of all masked weights that must end up pruned)
@@ -47,7 +59,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import torch
@@ -56,15 +68,20 @@ from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
 from prunelab.pruning.context import CRITERIA, UPDATES, ScoreContext
-from prunelab.pruning.second_order.fisher import BlockInverse, fisher_for
+from prunelab.pruning.second_order.fisher import GiB, BlockInverse, fisher_for, gram64, matvec64, rmatvec64
 from prunelab.pruning.second_order.gradients import eval_mode
 from prunelab.pruning.second_order.layout import Layout, removed_coordinates, write_weights
 from prunelab.pruning.second_order.woodfisher import unpack_scores
 
 
+SELECTIONS = ("auto", "full", "blocks")
+
+
 class CBSOptions(pydantic.BaseModel):
     """CBS-S search settings (paper defaults). ctx.options keys: ``cbs_epsilon``, ``cbs_window``,
-    ``cbs_misses``, ``cbs_passes``, ``cbs_inits``."""
+    ``cbs_misses``, ``cbs_passes``, ``cbs_inits``, ``cbs_selection`` (which Fisher the selection
+    uses: ``auto`` = full if :func:`full_selection_bytes` fits in ``fisher_memory_gb``, else the
+    Fisher's blocks; ``full``; ``blocks``)."""
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -73,6 +90,7 @@ class CBSOptions(pydantic.BaseModel):
     misses: int = pydantic.Field(20, ge=0)  # tau
     passes: int = pydantic.Field(100, ge=0)
     inits: int = pydantic.Field(5, ge=0)  # random chunked-magnitude initialisations
+    selection: Literal["auto", "full", "blocks"] = "auto"
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "CBSOptions":
@@ -93,11 +111,14 @@ class SelectionProblem:
     """The CBS-S quadratic ``sum_b ||G_b[:, P] w_P||^2 / N`` with its alpha/beta/gamma terms.
 
     ``weights`` (d,), ``grads`` G (N, d), ``blocks`` the (start, end) column ranges of the diagonal
-    blocks. The state of a selection is its residuals ``z`` (n_blocks, N), z_b = G_b[:, P] w_P.
+    blocks; ``((0, d),)`` is the full Fisher (:func:`selection_blocks` picks them). The state of a
+    selection is its residuals ``z`` (n_blocks, N), z_b = G_b[:, P] w_P.
     Bulk products (``z`` at the start of a pass, ``F_{.,P} w_P`` for ordering) run in G's dtype —
     float32 for network gradients, a relative error near 1e-6, far below the default epsilon — and each
     candidate swap is then evaluated in float64 from ``z`` (float64 G makes everything float64).
     """
+
+    chunk_elements = 2**22  # float64 elements per column chunk (32 MiB)
 
     def __init__(self, weights: torch.Tensor, grads: torch.Tensor, blocks: tuple[tuple[int, int], ...]) -> None:
         self.w = weights.to(device=grads.device, dtype=torch.float64)
@@ -106,7 +127,7 @@ class SelectionProblem:
         self.blocks = blocks
         sizes = torch.tensor([e - s for s, e in blocks], dtype=torch.long)
         self.block_of = torch.repeat_interleave(torch.arange(len(blocks)), sizes).to(grads.device)
-        step = max(1, 2**22 // max(self.n, 1))  # columns per float64 chunk (32 MB)
+        step = max(1, self.chunk_elements // max(self.n, 1))  # columns per float64 chunk
         d = grads.shape[1]
         self.fdiag = torch.cat([(grads[:, c : c + step].double() ** 2).sum(0) for c in range(0, d, step)]) / self.n
 
@@ -145,8 +166,11 @@ class SelectionProblem:
         return 2 * w * self.f_times_wp(z, idx) + w * w * self.fdiag[idx]
 
     def gamma(self, i: int, idx: torch.Tensor) -> torch.Tensor:
-        """2 w_i F_ij w_j for j in idx (zero across blocks)."""
-        f_ij = (self.grads[:, idx].double() * self.grads[:, i].double()[:, None]).sum(0) / self.n
+        """2 w_i F_ij w_j for j in idx (zero across blocks); in column chunks of 32 MiB."""
+        gi = self.grads[:, i].double()
+        step = max(1, self.chunk_elements // max(self.n, 1))
+        parts = [self.grads[:, idx[c : c + step]].double().T @ gi for c in range(0, idx.numel(), step)]
+        f_ij = (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=gi.device)) / self.n
         same = self.block_of[idx] == self.block_of[i]
         return torch.where(same, 2 * self.w[i] * f_ij * self.w[idx], torch.zeros((), dtype=torch.float64, device=f_ij.device))
 
@@ -293,8 +317,65 @@ def cbs_select(
     return result
 
 
+def full_selection_bytes(n: int, d: int, window: int) -> int:
+    """Scratch of a full-Fisher CBS-S beyond G: the residual (N), F_{.,P} w_P, alpha, beta and two
+    orderings (6 d), the candidate columns (2 window N), all float64, plus 32 MiB column chunks."""
+    return 8 * (n + 6 * d + 2 * window * n) + 2**25
+
+
+def selection_blocks(layout: Layout, n: int, opts: CBSOptions, memory_limit_gb: float) -> tuple[tuple[int, int], ...]:
+    """The diagonal blocks CBS-S works with: one block over everything (full Fisher) or the layout's."""
+    full = ((0, layout.dim),)
+    if opts.selection == "blocks":
+        return layout.blocks
+    fits = full_selection_bytes(n, layout.dim, opts.window) <= memory_limit_gb * GiB
+    if opts.selection == "full" and not fits:
+        need = full_selection_bytes(n, layout.dim, opts.window) / GiB
+        raise PrunelabError(f"full-Fisher CBS-S needs {need:.2f} GiB of scratch, above fisher_memory_gb="
+                            f"{memory_limit_gb}; use cbs_selection='blocks' or raise fisher_memory_gb")
+    return full if fits else layout.blocks
+
+
+def cbs_delta_full(grads: torch.Tensor, weights: torch.Tensor, pruned: torch.Tensor, damping: float,
+                   memory_limit_gb: float = 2.0) -> torch.Tensor:
+    """CBS-U with the full damped Fisher ``F = damping I + G^T G / N``, without any inverse of F.
+
+    ``dw_P = -w_P`` and ``dw_K = F_KK^-1 F_KP w_P`` on the kept set K, with ``F_KP w_P = G_K^T z / N``,
+    ``z = G_P w_P``: for ``|K| <= N`` the |K| x |K| system ``(damping I + G_K^T G_K / N) dw_K = G_K^T z / N``,
+    otherwise ``dw_K = G_K^T (N damping I + G_K G_K^T)^-1 z`` (N x N). Float64; (dim,).
+    """
+    if not (isinstance(damping, (int, float)) and damping > 0):
+        raise PrunelabError(f"damping must be a positive number, got {damping!r}")
+    n, d = grads.shape
+    pruned = pruned.to(device=grads.device, dtype=torch.bool)
+    w = weights.to(device=grads.device, dtype=torch.float64)
+    delta = torch.where(pruned, -w, torch.zeros((), dtype=torch.float64, device=w.device))
+    kept = ~pruned
+    n_kept = int(kept.sum())
+    if n_kept == 0 or n_kept == d:
+        return delta
+    z = matvec64(grads, torch.where(pruned, w, torch.zeros((), dtype=torch.float64, device=w.device)))
+    size = min(n_kept, n)
+    if 8.0 * (size * size + n * size) > memory_limit_gb * GiB:
+        raise PrunelabError(f"full-Fisher CBS-U needs {8.0 * (size * size + n * size) / GiB:.1f} GiB, above "
+                            f"fisher_memory_gb={memory_limit_gb}; lower fisher_samples or use blocks (full=False)")
+    if n_kept <= n:
+        g_k = grads[:, kept].double()
+        a = g_k.T @ g_k / n
+        a.diagonal().add_(float(damping))
+        delta[kept] = torch.linalg.solve(a, g_k.T @ z / n)
+    else:
+        m = gram64(grads, kept)
+        m.diagonal().add_(n * float(damping))
+        u = torch.linalg.solve(m, z)
+        delta[kept] = rmatvec64(grads, u)[kept]
+    return delta
+
+
 def cbs_delta(inverse: BlockInverse, weights: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """CBS-U: ``dw = -F^-1[:, P] lambda`` with ``[F^-1]_PP lambda = w_P``, per block; (dim,) float64."""
+    if not isinstance(inverse, BlockInverse):
+        raise PrunelabError("cbs_delta needs a block-diagonal inverse; for the full Fisher use cbs_delta_full")
     w = weights.to(torch.float64)
     delta = torch.zeros_like(w)
     for block, (s, e) in zip(inverse.blocks, inverse.layout.blocks):
@@ -355,10 +436,12 @@ def network_loss(
 def cbs(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> dict[str, torch.Tensor]:
     """CBS-S selection encoded as scores (see the module docstring for the contract)."""
     n_prune = target_prune_count(masks, ctx)
+    opts = CBSOptions.from_options(ctx.options)
     state = fisher_for(model, masks, ctx, "cbs")
-    problem = SelectionProblem(state.weights, state.grads, state.layout.blocks)
+    blocks = selection_blocks(state.layout, state.grads.shape[0], opts, state.options.memory_limit_gb)
+    problem = SelectionProblem(state.weights, state.grads, blocks)
     loss_of = network_loss(model, state.layout, state.weights, ctx.require_data("cbs"), ctx.loss_fn)
-    result = cbs_select(problem, n_prune, CBSOptions.from_options(ctx.options), ctx.generator(offset=104729), loss_of)
+    result = cbs_select(problem, n_prune, opts, ctx.generator(offset=104729), loss_of)
     mag = state.weights.abs()
     tie = mag / (4 * float(mag.max())) if float(mag.max()) > 0 else torch.zeros_like(mag)
     scores = torch.where(result.pruned, tie, 1.0 + tie)
@@ -370,8 +453,12 @@ cbs.default_update = "cbs"  # type: ignore[attr-defined]
 
 @UPDATES.register("cbs")
 def cbs_update(model: nn.Module, old_masks: Mapping[str, torch.Tensor], new_masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> None:
-    """CBS-U after any selection: the jointly optimal update of the quadratic model (damped F)."""
+    """CBS-U after any selection: the jointly optimal update of the quadratic model (damped F);
+    per block, or with ``full`` through the Fisher restricted to the kept weights."""
     state = fisher_for(model, old_masks, ctx, "cbs update")
     pruned = removed_coordinates(state.layout, old_masks, new_masks).to(state.weights.device)
-    delta = cbs_delta(state.inverse, state.weights, pruned)
+    if state.options.full:
+        delta = cbs_delta_full(state.grads, state.weights, pruned, state.options.damping, state.options.memory_limit_gb)
+    else:
+        delta = cbs_delta(state.inverse, state.weights, pruned)
     write_weights(model, state.layout, state.weights + delta, new_masks)

@@ -11,6 +11,11 @@ size at once (batched), by whichever route is cheaper for that size ``b``:
 * ``N < b``:  Woodbury, ``F_b^-1 = (I - G_b^T (N*damping*I + G_b G_b^T)^-1 G_b) / damping``, which
   factors only an N x N matrix.
 
+With ``full=True`` and ``N < d`` the single d x d block is never formed: :class:`LowRankInverse` keeps
+only the Cholesky factor of the N x N matrix ``N*damping*I + G G^T`` and applies the same Woodbury
+identity implicitly (``diag(F^-1)``, ``F^-1 v``); CBS-U with the full Fisher needs no inverse at all
+(:func:`prunelab.pruning.second_order.cbs.cbs_delta_full`).
+
 Both are exact (up to rounding) and equal the sequential rank-1 recursion WoodFisher uses
 (Singh & Alistarh 2020, Eq. 8-9), ``F_n^-1 = F_{n-1}^-1 - F_{n-1}^-1 g g^T F_{n-1}^-1 / (N + g^T F_{n-1}^-1 g)``,
 ``F_0^-1 = I / damping``, which :func:`recursive_inverse` implements as the slow reference.
@@ -57,6 +62,9 @@ class FisherOptions(pydantic.BaseModel):
 
     The default ``block_size=1000`` is our choice: per-layer blocks of MLPNet's first layer (31,360
     weights) would need 7.9 GB in float64; WoodFisher and CBS also use chunks of this order.
+    ``full=True`` uses the whole Fisher; with ``N < d`` it is applied through G and an N x N
+    factor (8 N^2 bytes), never as a d x d matrix. The CBS-S *selection* uses the full Fisher by
+    default whatever these say (``cbs_selection``, see :class:`.cbs.CBSOptions`).
     """
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -106,6 +114,90 @@ class BlockInverse:
     def dense(self) -> torch.Tensor:
         """The whole (dim x dim) matrix; for tests on small problems only."""
         return torch.block_diag(*self.blocks)
+
+
+def matvec64(grads: torch.Tensor, v: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    """``G v`` in float64 for G (N, d) of any dtype, in column chunks (no float64 copy of G)."""
+    n, d = grads.shape
+    step = step or max(1, 2**22 // max(n, 1))
+    out = torch.zeros(n, dtype=torch.float64, device=grads.device)
+    v = v.to(device=grads.device, dtype=torch.float64)
+    for c in range(0, d, step):
+        out += grads[:, c : c + step].double() @ v[c : c + step]
+    return out
+
+
+def rmatvec64(grads: torch.Tensor, u: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    """``G^T u`` in float64 for G (N, d) of any dtype, in column chunks."""
+    n, d = grads.shape
+    step = step or max(1, 2**22 // max(n, 1))
+    u = u.to(device=grads.device, dtype=torch.float64)
+    return torch.cat([grads[:, c : c + step].double().T @ u for c in range(0, d, step)])
+
+
+def gram64(grads: torch.Tensor, columns: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
+    """``G_C G_C^T`` (N x N, float64) over the columns ``columns`` (bool (d,); None = all), chunked."""
+    n, d = grads.shape
+    step = step or max(1, 2**22 // max(n, 1))
+    out = torch.zeros(n, n, dtype=torch.float64, device=grads.device)
+    for c in range(0, d, step):
+        g = grads[:, c : c + step]
+        if columns is not None:
+            g = g[:, columns[c : c + step].to(grads.device)]
+        if g.shape[1]:
+            g = g.double()
+            out += g @ g.T
+    return out
+
+
+@dataclass
+class LowRankInverse:
+    """The full ``F^-1`` for ``F = damping*I + G^T G / N`` with N < d, never formed (Woodbury).
+
+    ``F^-1 = (I - G^T M^-1 G) / damping`` with ``M = N*damping*I + G G^T`` (N x N); ``chol`` is M's
+    lower Cholesky factor. Same interface as :class:`BlockInverse` for ``diag``, ``matvec``, ``dense``.
+    """
+
+    layout: Layout
+    grads: torch.Tensor
+    damping: float
+    chol: torch.Tensor
+
+    def diag(self) -> torch.Tensor:
+        """diag(F^-1) = (1 - g_q^T M^-1 g_q) / damping for every column g_q of G, (dim,) float64."""
+        n, d = self.grads.shape
+        step = max(1, 2**22 // max(n, 1))
+        parts = []
+        for c in range(0, d, step):
+            g = self.grads[:, c : c + step].double()
+            parts.append(1.0 - (g * torch.cholesky_solve(g, self.chol)).sum(0))
+        return torch.cat(parts) / self.damping
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """F^-1 v = (v - G^T M^-1 (G v)) / damping, float64."""
+        v = v.to(device=self.grads.device, dtype=torch.float64)
+        u = torch.cholesky_solve(matvec64(self.grads, v)[:, None], self.chol)[:, 0]
+        return (v - rmatvec64(self.grads, u)) / self.damping
+
+    def dense(self) -> torch.Tensor:
+        """The whole (dim x dim) matrix; for tests on small problems only."""
+        g = self.grads.double()
+        out = -(g.T @ torch.cholesky_solve(g, self.chol))
+        out.diagonal().add_(1.0)
+        return out / self.damping
+
+
+def full_inverse(grads: torch.Tensor, layout: Layout, damping: float, memory_limit_gb: float = 2.0) -> LowRankInverse:
+    """:class:`LowRankInverse` of the full damped Fisher (one N x N Cholesky, 8 N^2 bytes)."""
+    if not (isinstance(damping, (int, float)) and damping > 0):
+        raise PrunelabError(f"damping must be a positive number, got {damping!r}")
+    n, dim = grads.shape
+    if dim != layout.dim:
+        raise PrunelabError(f"gradient matrix has {dim} columns; the layout has {layout.dim} coordinates")
+    _check_memory(2 * 8.0 * n * n, f"the full Fisher's {n} x {n} Woodbury factor", memory_limit_gb)
+    m = gram64(grads)
+    m.diagonal().add_(n * float(damping))
+    return LowRankInverse(layout, grads, float(damping), _cholesky(m))
 
 
 def _grouped(layout: Layout) -> dict[int, list[int]]:
@@ -216,13 +308,17 @@ class FisherState:
     weights: torch.Tensor  # (dim,) float64, the kept prunable weights
     grads: torch.Tensor  # (N, dim) float32
     options: FisherOptions
-    _inverse: BlockInverse | None = field(default=None, repr=False)
+    _inverse: BlockInverse | LowRankInverse | None = field(default=None, repr=False)
 
     @property
-    def inverse(self) -> BlockInverse:
-        """F^-1 (computed on first use, then kept)."""
+    def inverse(self) -> BlockInverse | LowRankInverse:
+        """F^-1 (computed on first use, then kept): block-diagonal, or with ``full`` and N < d implicit."""
         if self._inverse is None:
-            self._inverse = block_inverse(self.grads, self.layout, self.options.damping, self.options.memory_limit_gb)
+            opts = self.options
+            if opts.full and self.layout.dim > self.grads.shape[0]:
+                self._inverse = full_inverse(self.grads, self.layout, opts.damping, opts.memory_limit_gb)
+            else:
+                self._inverse = block_inverse(self.grads, self.layout, opts.damping, opts.memory_limit_gb)
         return self._inverse
 
 

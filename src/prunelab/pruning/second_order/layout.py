@@ -40,11 +40,6 @@ class Layout:
         """Number of coordinates (kept prunable weights)."""
         return self.offsets[-1] + int(self.kept[-1].numel()) if self.names else 0
 
-    def block_ids(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(dim,) int64: the block each coordinate belongs to."""
-        sizes = torch.tensor([e - s for s, e in self.blocks], dtype=torch.long)
-        return torch.repeat_interleave(torch.arange(len(self.blocks)), sizes).to(device)
-
     def pack(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The kept coordinates of ``tensors[name]`` for every layer, concatenated: (dim,)."""
         parts = [tensors[n].detach().reshape(-1)[k.to(tensors[n].device)] for n, k in zip(self.names, self.kept)]
