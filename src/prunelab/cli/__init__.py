@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {  # command name -> module of prunelab.cli that defi
     "prune": "prune",
     "regions": "regions",
     "report": "report",
+    "reproduce": "reproduce",
     "run": "run",
     "train": "train",
 }

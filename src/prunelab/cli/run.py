@@ -31,12 +31,16 @@ def _print_run(i: int, n: int, row: dict, computed: bool) -> None:
 @click.option("--seeds", default=None, help="comma-separated seeds")
 @click.option("--epochs", default=None, type=int, help="dense training epochs (overrides [train].epochs)")
 @click.option("--finetune-epochs", default=None, type=int, help="fine-tune epochs (overrides [finetune].epochs)")
+@click.option("--executor", default="local", type=click.Choice(["local", "processes", "ray"]),
+              help="where runs are computed: this process, --jobs local processes, or Ray tasks")
+@click.option("--jobs", default=1, type=int, help="local worker processes (implies --executor processes if > 1)")
+@click.option("--address", default=None, help="Ray cluster address (--executor ray) [default: start a local one]")
 @click.option("--force", is_flag=True, help="recompute runs that are already on disk")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @field_options(PruneConfig, skip=("criterion", "allocation", "sparsity", "options"))
 @fisher_flags
 def command(config, out, dataset, model, widths, data_root, device, criteria, allocations, sparsities, seeds,
-            epochs, finetune_epochs, force, quiet, fisher_samples, fisher_batch, damping, block_size, full_fisher,
+            epochs, finetune_epochs, executor, jobs, address, force, quiet, fisher_samples, fisher_batch, damping, block_size, full_fisher,
             **kwargs) -> None:
     """Run train -> prune -> fine-tune -> evaluate for criteria x allocations x sparsities x seeds.
 
@@ -55,9 +59,12 @@ def command(config, out, dataset, model, widths, data_root, device, criteria, al
         epochs=epochs, finetune_epochs=finetune_epochs, prune=prune,
     )
     # imported here, so that `prunelab --help` and the other commands never depend on the engine
-    from prunelab.experiments.runner import run_sweep
+    from prunelab.experiments.sweep import run_sweep
 
-    res = run_sweep(sweep, out, progress=not quiet, force=force, on_run=_print_run)
+    if executor == "processes" and jobs < 2:
+        jobs = 2
+    res = run_sweep(sweep, out, executor=executor, jobs=jobs, address=address, progress=not quiet, force=force,
+                    on_run=_print_run if executor == "local" and jobs == 1 else None)
     print_results(res.rows, console)
     console.print(f"{res.computed} run(s) computed, {res.found} found on disk; table: {res.csv_path}; "
                   f"plot: {res.plot_path}")

@@ -183,6 +183,7 @@ class RunConfig(BaseModel):
     data_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the dataset loader")
     normalize: bool = Field(True, description="standardise inputs per channel")
     val_fraction: float = Field(0.0, ge=0, lt=1)
+    train_subset: Optional[int] = Field(None, gt=0, description="train on the first N training examples only")
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: Optional[TrainConfig] = None
     prune: PruneConfig = Field(default_factory=PruneConfig)
@@ -247,8 +248,8 @@ class RunConfig(BaseModel):
     def dense_identity(self) -> dict[str, Any]:
         """What the dense (pre-pruning) model depends on: shared by every criterion of a sweep."""
         d = self.identity()
-        keys = ("dataset", "model", "model_kwargs", "data_kwargs", "normalize", "val_fraction", "train", "seed",
-                "format")
+        keys = ("dataset", "model", "model_kwargs", "data_kwargs", "normalize", "val_fraction", "train_subset",
+                "train", "seed", "format")
         return {k: d[k] for k in keys if k in d}
 
     def dense_hash(self) -> str:
@@ -295,15 +296,20 @@ def _set_dotted(d: dict[str, Any], path: str, value: Any) -> None:
         if not isinstance(d[p], dict):
             raise PrunelabError(f"grid key {path!r}: {p!r} is not a table of settings")
         d = d[p]
-    d[parts[-1]] = value
+    if isinstance(value, dict) and isinstance(d.get(parts[-1]), dict):
+        d[parts[-1]] = {**d[parts[-1]], **value}  # a table merges into the section: {criterion=..., allocation=...}
+    else:
+        d[parts[-1]] = value
 
 
 class SweepConfig(BaseModel):
     """A grid of runs: criteria x allocations x sparsities x seeds x ``grid`` over one base :class:`RunConfig`.
 
     ``grid`` maps a dotted field of the run config to a list of values, e.g.
-    ``{"train.l1": [0, 5e-4], "model_kwargs.widths": [[100, 100], [200, 200]]}``. Duplicate values
-    run once; names are compared case-insensitively.
+    ``{"train.l1": [0, 5e-4], "model_kwargs.widths": [[100, 100], [200, 200]]}``; a table value is
+    merged into the section it names, so ``{"prune": [{criterion = "random", allocation = "erk"},
+    {criterion = "snip"}]}`` sweeps method combinations (it overrides ``criteria``/``allocations``).
+    Duplicate values run once; names are compared case-insensitively.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -17,6 +17,7 @@ A killed process loses only the run it was computing; its lock is released by th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -94,10 +95,16 @@ class DataCache:
 
     def get(self, cfg: RunConfig, device: torch.device):
         key = (cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.seed if cfg.val_fraction else 0, cfg.normalize,
-               json.dumps(cfg.data_kwargs, sort_keys=True), str(device))
+               json.dumps(cfg.data_kwargs, sort_keys=True), cfg.train_subset, str(device))
         if key not in self._cache:
             ds = data_mod.load(cfg.dataset, root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                normalize=cfg.normalize, **cfg.data_kwargs)
+            if cfg.train_subset is not None:
+                if cfg.train_subset > len(ds.y_train):
+                    raise PrunelabError(f"train_subset={cfg.train_subset} but {cfg.dataset} has only "
+                                        f"{len(ds.y_train)} training examples")
+                ds = dataclasses.replace(ds, x_train=ds.x_train[: cfg.train_subset],
+                                         y_train=ds.y_train[: cfg.train_subset])
             self._cache[key] = ds.to(device)
         return self._cache[key]
 

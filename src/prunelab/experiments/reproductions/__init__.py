@@ -1,0 +1,22 @@
+"""Reproductions: each paper's headline claim as a sweep file (``<name>.toml``) plus a report module.
+
+``prunelab reproduce NAME [--quick | --full]`` (or :func:`run`) runs one on the experiment engine;
+:data:`REPRODUCTIONS` lists them (``prunelab reproduce --list``). The framework (modes, reports,
+verdicts) is :mod:`prunelab.experiments.reproductions.base`.
+"""
+
+from prunelab.experiments.reproductions import effective_sparsity  # noqa: F401  (registers)
+from prunelab.experiments.reproductions.base import (
+    MODES,
+    REPRODUCTIONS,
+    Claim,
+    Report,
+    Reproduction,
+    load,
+    report_from_folder,
+    run,
+    sweep_dict,
+)
+
+__all__ = ["MODES", "REPRODUCTIONS", "Claim", "Report", "Reproduction", "load", "report_from_folder", "run",
+           "sweep_dict"]
