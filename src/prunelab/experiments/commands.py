@@ -5,7 +5,7 @@ every command is also a Python call (and testable without a shell):
 
 * :func:`train_model` - train one model into ``OUT/train-<identity hash>/``;
 * :func:`sweep_from_options` - a validated :class:`SweepConfig` from a TOML file plus overrides
-  (``prunelab run`` then calls :func:`prunelab.experiments.runner.run_sweep`);
+  (``prunelab run`` then calls :func:`prunelab.experiments.sweep.run_sweep`);
 * :func:`prune_run` - one-shot pruning of a run folder, no fine-tuning;
 * :func:`count_run_regions` - linear regions of a run folder's MLP;
 * :func:`exact_compress_run` - stable ReLUs and the exactly equivalent smaller network of a run folder;
