@@ -152,7 +152,7 @@ def make_prune_fn(cfg: RunConfig, batches) -> Callable[[nn.Module, float, Option
 
 def _schedule_fields(schedule: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The schedule's validated options as the ``ScheduleContext`` fields it reads."""
-    names = {"imp": {"rate": "imp_rate"}, "gradual": {"start": "gradual_start", "end": "gradual_end",
+    names = {"oneshot": {"finetune": "oneshot_finetune"}, "imp": {"rate": "imp_rate"}, "gradual": {"start": "gradual_start", "end": "gradual_end",
              "every": "gradual_every"}, "earlybird": {"threshold": "earlybird_threshold", "window": "earlybird_window"}}
     rename = names.get(schedule, {})
     return {rename[k]: v for k, v in settings.items() if k in rename}

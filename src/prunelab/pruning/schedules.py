@@ -73,6 +73,7 @@ class ScheduleContext:
     prune_fn: PruneFn
     dense: Callable[[], DenseStage]
     fit: FitFn
+    oneshot_finetune: bool = True
     imp_rate: float = 0.2
     gradual_start: float = 0.1
     gradual_end: float = 0.6
@@ -121,13 +122,23 @@ def at_init(ctx: ScheduleContext) -> ScheduleResult:
     return ScheduleResult(masks, history, [_event("init", masks)])
 
 
-@SCHEDULES.register("oneshot")
+class OneshotOptions(BaseModel):
+    """One-shot pruning of the trained dense model."""
+
+    model_config = ConfigDict(extra="forbid")
+    finetune: bool = Field(True, description="fine-tune after pruning (false: evaluate the pruned model as is, "
+                           "as one-shot second-order papers report)")
+
+
+@SCHEDULES.register("oneshot", options=OneshotOptions)
 def oneshot(ctx: ScheduleContext) -> ScheduleResult:
-    """Train dense (or load the cached dense model), prune once, fine-tune."""
+    """Train dense (or load the cached dense model), prune once, fine-tune (unless ``finetune=false``)."""
     dense = ctx.dense()
     ctx.model.load_state_dict(dense.final)
     masks = ctx.prune_fn(ctx.model, ctx.sparsity, None)
-    history = list(dense.history) + train_stage(ctx, ctx.finetune, masks, "finetune")
+    history = list(dense.history)
+    if ctx.oneshot_finetune:
+        history += train_stage(ctx, ctx.finetune, masks, "finetune")
     return ScheduleResult(masks, history, [_event("after_training", masks)])
 
 
