@@ -95,9 +95,12 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def _label(method: dict[str, Any]) -> str:
+def _label(method: dict[str, Any], constant: dict[str, Any]) -> str:
+    """The varying method values (``snip / erk``, ``lr=0.05``); with none, the criterion or "all runs"."""
     parts = [general(v) if c in PRIMARY_METHOD_COLUMNS else f"{c.rsplit('.', 1)[-1]}={general(v)}"
              for c, v in method.items()]
+    if not parts and constant.get("prune.criterion") is not None:
+        parts = [general(constant["prune.criterion"])]
     return " / ".join(parts) or "all runs"
 
 
@@ -125,7 +128,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> tuple[list[Series], list[str], 
     for points in groups.values():
         first = next(iter(points.values()))[0]
         s = Series(label="", method={c: first.get(c) for c in by})
-        s.label = _label(s.method)
+        s.label = _label(s.method, constant)
         stats = []
         for members in points.values():
             xs = np.array([_num(r["compression"]) for r in members])
