@@ -99,7 +99,7 @@ def test_points_are_mean_and_sample_std_over_seeds(tmp_path):
     rows = read_csv(make_csv(tmp_path / "results.csv", criteria=("snip",), allocations=("global",)))
     rows[0]["compression"] = 2.2  # one seed's compression differs a little: x is the mean
     (series,), by, constant, skipped = aggregate(rows)
-    assert series.label == "snip" and by == [] and skipped == 0
+    assert series.label == "snip" and by == [] and skipped == 0 and constant["prune.criterion"] == "snip"
     assert series.x[0] == pytest.approx((2.2 + 2 + 2) / 3) and series.x[1:] == pytest.approx([5, 10, 20, 50])
     for k, sp in enumerate(SPARSITIES):
         ys = [acc(0, sp, s) for s in (0, 1, 2)]
@@ -198,8 +198,8 @@ def test_saved_file_is_a_png_with_the_umask_mode(tmp_path):
     (b"", "is empty; expected a CSV with a header row and one row per run (as `prunelab run` writes)"),
     (b"prune.criterion,test_accuracy,compression\n", "has a header but no rows; expected one row per run"),
     (b"prune.criterion,acc\nsnip,0.9\n",
-     "lacks column(s) 'test_accuracy', 'compression'; required: test_accuracy, compression "
-     "(as `prunelab run` writes); it has: prune.criterion, acc"),
+     ("lacks column(s) 'test_accuracy', 'compression'; required: test_accuracy, compression "
+      "(as `prunelab run` writes); it has: prune.criterion, acc")),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00", "is a binary file (NUL byte at offset 8); expected a UTF-8 text CSV"),
     (b"\x1f\x8b\x08\x08\xe4\x93\xf5", "is not UTF-8 text (byte 0x8b at offset 1); expected a UTF-8 text CSV"),
     (b"test_accuracy,compression\n0.91,2\nn/a,5\n", "line 3 has test_accuracy='n/a'; expected a number between 0 and 1"),

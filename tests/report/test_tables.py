@@ -169,8 +169,8 @@ def test_read_csv_refuses_empty_binary_and_ragged_files(tmp_path, content, messa
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"prune.criterion,acc\nsnip,0.9\n",
-     " lacks column(s) 'test_accuracy', 'compression'; required: test_accuracy, compression "
-     "(as `prunelab run` writes); it has: prune.criterion, acc"),
+     (" lacks column(s) 'test_accuracy', 'compression'; required: test_accuracy, compression "
+      "(as `prunelab run` writes); it has: prune.criterion, acc")),
     (b"test_accuracy,compression\n0.9,2\nabc,3\n",
      ": line 3 has test_accuracy='abc'; expected a number between 0 and 1"),
     (b"test_accuracy,compression\n0.9,2\n,3\n", ": line 3 has test_accuracy=(empty); expected a number between 0 and 1"),
