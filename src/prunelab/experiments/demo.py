@@ -43,7 +43,7 @@ def demo_sweep(quick: bool = False) -> SweepConfig:
 def run_demo(out: str | Path, quick: bool = False, progress: bool = True, console: Console | None = None):
     import torch
 
-    from prunelab.experiments.cli_run import print_results
+    from prunelab.experiments.commands import print_results
     from prunelab.experiments.sweep import run_sweep
 
     console = console or Console()

@@ -102,12 +102,13 @@ def validate_runs(runs: list[RunConfig]) -> None:
     for cfg in runs:
         if isinstance(cfg.prune.allocation, dict):
             key = identity_hash({"m": cfg.model, "k": cfg.model_kwargs, "d": cfg.dataset, "a": cfg.prune.allocation,
-                                 "x": cfg.prune.exclude})
+                                 "x": cfg.prune.exclude, "s": cfg.prune.sparsity})
             if key in seen:
                 continue
             seen.add(key)
             ds = cache.get(cfg.model_copy(update={"device": "cpu"}), __import__("torch").device("cpu"))
-            validate_allocation(build_model(cfg, ds), cfg.prune.allocation, exclude=tuple(cfg.prune.exclude))
+            validate_allocation(build_model(cfg, ds), cfg.prune.allocation, cfg.prune.sparsity,
+                                exclude=tuple(cfg.prune.exclude))
 
 
 def summarize(out_dir: Path, order: dict[str, int], title: str | None) -> tuple[Path, Path | None]:
