@@ -44,8 +44,17 @@ def test_direct_construction_raises_prunelab_errors_for_every_kind_of_bad_value(
     with pytest.raises(PrunelabError, match="optimizer='rmsprop'"):
         TrainConfig(optimizer="rmsprop")
     # model_validate keeps pydantic's error, so configs that nest a TrainConfig collect every error
+    # with its full path (not one opaque "Value error" for the whole TrainConfig)
     with pytest.raises(pydantic.ValidationError):
         TrainConfig.model_validate({"lr": -1})
+
+    class Outer(pydantic.BaseModel):
+        train: TrainConfig
+
+    with pytest.raises(pydantic.ValidationError) as nested:
+        Outer.model_validate({"train": {"lr": -1, "momentum": 2}})
+    assert [e["loc"] for e in nested.value.errors()] == [("train", "lr"), ("train", "momentum")]
+    assert Outer(train={"lr": 0.5}).train.lr == 0.5
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,23 @@ DEFAULT_EPOCHS = 10
 _MISSING = object()
 
 
-class TrainConfig(BaseModel):
+class _OneLineErrors(type(BaseModel)):  # type: ignore[misc]  # pydantic's model metaclass
+    """``Model(...)`` raises a one-line :class:`PrunelabError` instead of pydantic's ValidationError.
+
+    Done in the metaclass' ``__call__``, not by overriding ``__init__``: pydantic validates a model
+    with its own ``__init__`` through that ``__init__`` (also inside a config that nests it), which
+    would turn nested errors into one opaque "Value error" and report only the first.
+    ``model_validate`` and nested validation keep pydantic's errors.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise validation_error(exc, "training config", cls) from None
+
+
+class TrainConfig(BaseModel, metaclass=_OneLineErrors):
     """How to train: optimiser, learning-rate schedule, length, regularisation, seed and device.
 
     - ``optimizer``: ``sgd`` (``torch.optim.SGD`` with ``momentum``, ``nesterov``) or ``adam``
@@ -69,13 +85,6 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu or cuda")
     eval_every: int = Field(1, description="evaluate every N epochs (0: only at the end)")
     deterministic: bool = Field(False, description="deterministic algorithms (for bitwise-reproducible CUDA)")
-
-    def __init__(self, /, **data: Any) -> None:
-        # pydantic's ValidationError cannot be subclassed: convert it to the project's one error type.
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise validation_error(exc, "training config", type(self)) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # pydantic has already stored the value when a model validator (``_consistent``) rejects it:
