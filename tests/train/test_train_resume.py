@@ -290,6 +290,7 @@ def test_pack_round_trips_nested_state_exactly() -> None:
         "ints": {0: {"step": torch.tensor(3.0)}, 7: "x"}, "tup": (1, (2.5, None), [True]),
         "np": np.arange(4, dtype=np.uint32), "scalar": np.float64(0.25), "inf": float("inf"),
         "__tensor__": "a key that looks like a marker", "nested": [{"a": torch.ones(2)}],
+        "a.b": torch.zeros(1), "a": {"b": torch.full((1,), 7.0)},  # the same flattened path
     }
     tensors: dict[str, torch.Tensor] = {}
     doc = json.loads(json.dumps(pack(state, tensors)))
@@ -300,6 +301,7 @@ def test_pack_round_trips_nested_state_exactly() -> None:
     assert back["tup"] == (1, (2.5, None), [True]) and back["__tensor__"] == state["__tensor__"]
     assert back["np"].dtype == np.uint32 and back["np"].tolist() == [0, 1, 2, 3]
     assert back["scalar"] == 0.25 and back["inf"] == float("inf")
+    assert back["a.b"].tolist() == [0.0] and back["a"]["b"].tolist() == [7.0] and len(tensors) == 6
     with pytest.raises(PrunelabError, match=r"'s' is a set"):
         pack({"s": {1, 2}}, {})
     with pytest.raises(PrunelabError, match="keys must be str or int"):

@@ -128,9 +128,9 @@ def pack(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
     else that JSON cannot hold is a :class:`PrunelabError` naming its path.
     """
     if isinstance(obj, torch.Tensor):
-        key = path or "tensor"
-        if key in tensors:
-            raise PrunelabError(f"two tensors of the training state have the same key {key!r}")
+        key, n = path or "tensor", 1
+        while key in tensors:  # {"a.b": x, "a": {"b": y}} flatten to the same path
+            key, n = f"{path or 'tensor'}#{n}", n + 1
         # clone: safetensors refuses tensors that share storage and needs contiguous CPU data
         tensors[key] = obj.detach().to("cpu").contiguous().clone()
         return {"__tensor__": key}
