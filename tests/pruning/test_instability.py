@@ -11,16 +11,20 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab.analysis.flatness import HessianOperator
+from prunelab.analysis.partition import ReluInputs
 from prunelab.analysis.stability import instability, stability_correlations, stability_summary
 from prunelab.errors import PrunelabError
 from prunelab.models import create
 from prunelab.pruning.instability import (
+    HessianEigenSum,
     IterativeStructuredPruning,
     LayerSchedule,
     TemporaryPruning,
     ZeroRestorePruning,
+    hessian_top_eigen_sum,
 )
-from prunelab.pruning.structured import kept_units
+from prunelab.pruning.structured import STRUCTURED, ActivationL1, channel_groups, kept_units
 from prunelab.train import TrainConfig, fit
 
 torch.set_num_threads(1)
@@ -259,3 +263,104 @@ def test_bad_inputs_raise_prunelab_error():
             progress=False)
     with pytest.raises(PrunelabError, match="history is empty"):
         stability_summary([])
+
+
+# --- fidelity to the authors' code: empty events, the activations score, the Hessian sum ------------
+def test_events_that_remove_no_unit_are_skipped():
+    """4 units, fraction 0.5, 4 events: keep ceil(2 + 2 (4 - i) / 4) = 4, 3, 3, 2, so events 1 and 3
+    remove nothing and are skipped (the authors' _prune_layer acts only if k > 0)."""
+    assert [kept_units(4, 0.5, i, 4) for i in (1, 2, 3, 4)] == [4, 3, 3, 2]
+    model, data = known_effect()
+    cb = IterativeStructuredPruning([LayerSchedule("0", 0.5, 0, 3, 1)], "l2", "smallest")
+    result = fit(model, data, FROZEN.model_copy(update={"epochs": 4}), callbacks=[cb], progress=False)
+    assert [e["epoch"] for e in cb.events] == [2, 4] and [e["units"] for e in cb.events] == [{"0": 1}, {"0": 1}]
+    # unit 0 (norm 1) goes at the 2nd epoch: 1.0 -> 0.8; unit 1 at the 4th: no sample changes class
+    assert [(e["acc_before"], e["acc_after"]) for e in cb.events] == [(1.0, pytest.approx(0.8)), (pytest.approx(0.8),) * 2]
+    assert [("instability" in r) for r in result.history] == [False, True, False, True]
+    assert stability_summary(result.history).num_events == 2
+    assert stability_summary(result.history).mean_stability == pytest.approx(90.0)
+
+
+def test_temporary_and_restore_schedules_skip_empty_events_too():
+    model, data = known_effect()
+    cb = ZeroRestorePruning([LayerSchedule("0", 0.5, 0, 3, 1)], "l2", "smallest", batches=0)
+    fit(model, data, FROZEN.model_copy(update={"epochs": 4}), callbacks=[cb], progress=False)
+    assert [e["epoch"] for e in cb.events] == [2, 4]
+
+
+def reference_activation_l1(pre_relu_per_batch, every=10, momentum=0.1):
+    """The authors' update: counter += 1 per training forward; if counter % 10 == 0:
+    m = .1 * out.abs().sum(dim=[0, 2, 3]) + .9 * m, from m = 0."""
+    m, counter = 0.0, 0
+    for out in pre_relu_per_batch:
+        counter += 1
+        if counter % every == 0:
+            dims = [d for d in range(out.dim()) if d != 1]
+            m = momentum * out.abs().sum(dim=dims) + (1 - momentum) * m
+    return m
+
+
+def test_activation_l1_is_the_running_l1_of_the_relu_inputs_of_a_resnet():
+    torch.manual_seed(0)
+    model = create("resnet20", input_shape=(3, 8, 8)).train()
+    layers = {"layer1.0.conv1": "layer1.0", "layer1.0.conv2": "layer1.0:1", "layer2.0.conv2": "layer2.0:1"}
+    groups = channel_groups(model, list(layers))
+    assert groups["layer2.0.conv2"].residual == ("layer2.0.shortcut",)  # post-shortcut activations
+    batches = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(7)]
+    seen = {k: [] for k in layers}
+    with ActivationL1(model, groups, every=3, momentum=0.25) as stats, ReluInputs(model) as rec:
+        for xb in batches:
+            model(xb)
+            for layer, site in layers.items():
+                seen[layer].append(rec.values[site])
+        model.eval()
+        model(batches[0])  # eval forwards do not count
+    for layer in layers:
+        expected = reference_activation_l1(seen[layer], every=3, momentum=0.25)  # updates at forwards 3, 6
+        torch.testing.assert_close(stats.values[layer], expected, rtol=1e-5, atol=1e-5)
+    assert stats.forwards == 7
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+class SpyPruning(IterativeStructuredPruning):
+    def _select(self, state):
+        self.snapshot = {k: v.clone() for k, v in self.activation_stats.values.items()}
+        return super()._select(state)
+
+
+def test_activations_criterion_prunes_the_smallest_running_l1_in_a_schedule():
+    data = conv_data()
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, epochs=2, batch_size=8, device="cpu")
+    model = conv_net()
+    cb = SpyPruning([LayerSchedule("3", 0.5, 0, 0, 1)], "activations", "smallest", activation_every=1)
+    fit(model, data, cfg, callbacks=[cb], progress=False)
+    snap = cb.snapshot["3"]
+    assert bool((snap > 0).all())  # updated on every one of the 2 training batches before the event
+    expected = torch.sort(snap, stable=True).indices[:5]
+    assert sorted(torch.nonzero(cb.removed["3"]).flatten().tolist()) == sorted(expected.tolist())
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert hooks == 0  # the statistics' hooks are gone (conv_net has no residual gates)
+    with pytest.raises(PrunelabError, match="running activation statistics"):
+        STRUCTURED.get("activations")(model, channel_groups(model, ["3"]), {}, None)
+
+
+def test_hessian_top_eigen_sum_equals_the_dense_spectrum():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
+    with HessianOperator(model, x, y) as op:
+        spectrum = torch.linalg.eigvalsh(op.dense())
+    top = spectrum[torch.argsort(spectrum.abs(), descending=True)][:4]  # power iteration: largest magnitude
+    got = hessian_top_eigen_sum(model, x, y, 4, iters=2000, tol=1e-12)
+    assert got == pytest.approx(float(top.sum()), rel=1e-4)
+    lanczos = hessian_top_eigen_sum(model, x, y, 4, method="lanczos", tol=1e-10)
+    assert lanczos == pytest.approx(float(torch.sort(spectrum, descending=True).values[:4].sum()), rel=1e-6)
+    assert hessian_top_eigen_sum(model, x, y, 4, samples=10, iters=2000, tol=1e-12) != pytest.approx(got)
+
+    data = Data(x, y, x.clone(), y.clone())
+    cb = HessianEigenSum(k=4, iters=2000, tol=1e-12)
+    res = fit(model, data, TrainConfig(epochs=2, lr=0.01, batch_size=10, device="cpu"), callbacks=[cb], progress=False)
+    assert ["hessian_top4_eigen_sum" in r for r in res.history] == [False, True]
+    assert res.history[-1]["hessian_top4_eigen_sum"] == pytest.approx(hessian_top_eigen_sum(model, x, y, 4, iters=2000, tol=1e-12))
+    with pytest.raises(PrunelabError, match="epochs"):
+        HessianEigenSum(epochs=3)

@@ -258,3 +258,18 @@ def test_bad_inputs_raise_prunelab_error():
 
     with pytest.raises(PrunelabError, match="cannot trace"):
         channel_groups(Dynamic())
+
+
+def test_activations_scores_read_the_running_statistics_and_mask_removed_units():
+    model = small_cnn()
+    groups = channel_groups(model, ["0", "3"])
+    stats = {"0": torch.arange(6, dtype=torch.float32), "3": torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])}
+    ctx = ScoreContext(options={"activations": stats})
+    unit_masks = {"3": torch.tensor([True, False, True, True, True])}
+    scores = STRUCTURED.get("activations")(model, groups, unit_masks, ctx)
+    assert scores["0"].tolist() == [0, 1, 2, 3, 4, 5] and scores["3"].tolist() == [5, 0, 3, 2, 1]
+    assert stats["3"][1] == 4.0  # the statistics themselves are not changed
+    with pytest.raises(PrunelabError, match="running activation statistics"):
+        STRUCTURED.get("activations")(model, groups, {}, ScoreContext())
+    with pytest.raises(PrunelabError, match="no activation statistics for layer '3'"):
+        STRUCTURED.get("activations")(model, groups, {}, ScoreContext(options={"activations": {"0": stats["0"]}}))

@@ -14,6 +14,18 @@ Generalization-Stability Tradeoff in Neural Network Pruning", NeurIPS 2020).
 * :class:`TemporaryPruning` (zeroing or Gaussian noise for N batches, then released) and
   :class:`ZeroRestorePruning` (zeroed for N batches, then weights and BatchNorm state restored)
   target the same units without removing them (Sec. 4, "pruning as noise"; Appendix D).
+* An event that would remove no unit (the linear ramp of :func:`~prunelab.pruning.structured.kept_units`
+  can keep a layer's count for an epoch) is skipped: no accuracies, no instability, no history
+  entry, as in the authors' code (``_prune_layer`` acts only ``if k > 0``, and their analysis,
+  ``figures_and_tables/utils.py``, averages stability over epochs with ``avg_pruned_magnitude > 0``).
+* Criterion ``activations`` (their code's running L1 norm of each unit's ReLU input,
+  :class:`prunelab.pruning.structured.ActivationL1`) is gathered by the schedule itself during
+  training and passed to the score function.
+* :func:`hessian_top_eigen_sum` / :class:`HessianEigenSum`: the sum of the top-100 Hessian eigenvalues
+  the authors log at the end of training (``experiments.py``: ``compute_hessian_eigenthings(model,
+  small_loader, criterion, 100, max_samples=512)`` at epoch 314; summed as
+  ``hessian_first_100_eigen_sum`` in ``figures_and_tables/Figure_6.py``), computed with
+  :func:`prunelab.analysis.flatness.hessian_eigenvalues`.
 * The summaries of a run's history (mean stability, best accuracy after the last event) and the
   stability/accuracy correlations across runs are analyses: :mod:`prunelab.analysis.stability`.
 
@@ -32,6 +44,7 @@ import torch
 from torch import nn
 
 from prunelab.analysis.evaluate import evaluate
+from prunelab.analysis.flatness import DEFAULT_SAMPLES, fixed_subset, hessian_eigenvalues
 from prunelab.analysis.stability import instability
 from prunelab.callbacks import Callback, TrainState
 from prunelab.errors import PrunelabError
@@ -41,6 +54,7 @@ from prunelab.pruning.enforce import MaskEnforcer
 from prunelab.pruning.structured import (
     STRUCTURED,
     TARGETS,
+    ActivationL1,
     ChannelGroup,
     ResidualGates,
     channel_groups,
@@ -125,7 +139,10 @@ class _StructuredSchedule(PruningEvents):
 
     ``removed[layer]`` (bool per unit) accumulates the targeted units; each event of a layer targets
     ``units - kept_units(...) - removed`` more of the units not yet targeted, chosen by ``criterion``
-    scores and ``target``. Layers due in the same epoch are scored before any of them changes.
+    scores and ``target``. Layers due in the same epoch are scored before any of them changes. An
+    epoch where no scheduled layer would lose a unit is not an event. With criterion
+    ``activations`` an :class:`ActivationL1` (``activation_every``, ``activation_momentum``: their
+    code's 10 and 0.1) runs during training and its values go to the score function.
     """
 
     def __init__(
@@ -138,6 +155,8 @@ class _StructuredSchedule(PruningEvents):
         groups: Mapping[str, ChannelGroup] | None = None,
         options: Mapping[str, Any] | None = None,
         split: str = "test",
+        activation_every: int = 10,
+        activation_momentum: float = 0.1,
     ) -> None:
         super().__init__(split)
         schedules = list(schedules)
@@ -155,6 +174,8 @@ class _StructuredSchedule(PruningEvents):
         self.options = dict(options or {})
         self.groups: dict[str, ChannelGroup] = {}
         self.removed: dict[str, torch.Tensor] = {}
+        self.activation_every, self.activation_momentum = activation_every, activation_momentum
+        self.activation_stats: ActivationL1 | None = None
 
     def on_train_begin(self, state: TrainState) -> None:
         if self._given_groups is not None:
@@ -172,25 +193,49 @@ class _StructuredSchedule(PruningEvents):
         self.removed = {x: torch.zeros(g.num_units, dtype=torch.bool, device=device) for x, g in self.groups.items()}
         self.events = []
         self._generator = torch.Generator().manual_seed(self.seed)
+        self._prepare(state)
+        if self.activation_stats is not None:
+            self.activation_stats.detach()
+            self.activation_stats = None
+        if self.criterion == "activations":  # after _prepare: its hooks see the gated residuals
+            self.activation_stats = ActivationL1(state.model, self.groups, self.activation_every,
+                                                 self.activation_momentum).attach()
+
+    def _prepare(self, state: TrainState) -> None:
+        """Subclass set-up that must run before the activation statistics are attached."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.activation_stats is not None:
+            self.activation_stats.detach()
+
+    def _counts(self, state: TrainState) -> dict[str, int]:
+        """Units each layer scheduled at this epoch loses now (``kept_units`` ramp)."""
+        counts = {}
+        for x, s in self.schedules.items():
+            epochs = s.epochs()
+            if state.epoch in epochs:
+                n_units = self.groups[x].num_units
+                kept = kept_units(n_units, s.fraction, epochs.index(state.epoch) + 1, len(epochs))
+                counts[x] = max(n_units - kept - int(self.removed[x].sum()), 0)
+        return counts
 
     def due(self, state: TrainState) -> bool:
-        return any(state.epoch in s.epochs() for s in self.schedules.values())
+        return any(k > 0 for k in self._counts(state).values())
 
     def unit_masks(self) -> dict[str, torch.Tensor]:
         """layer -> bool per unit, True = not targeted so far."""
         return {x: ~r for x, r in self.removed.items()}
 
     def _select(self, state: TrainState) -> dict[str, torch.Tensor]:
-        due = {x: s for x, s in self.schedules.items() if state.epoch in s.epochs()}
-        ctx = ScoreContext(seed=self.seed, device=next(state.model.parameters()).device, options=self.options)
+        due = {x: k for x, k in self._counts(state).items() if k > 0}
+        options = dict(self.options)
+        if self.activation_stats is not None:
+            options["activations"] = self.activation_stats.values
+        ctx = ScoreContext(seed=self.seed, device=next(state.model.parameters()).device, options=options)
         scores = self.score_fn(state.model, {x: self.groups[x] for x in due}, self.unit_masks(), ctx)
         new = {}
-        for x, s in due.items():
-            epochs = s.epochs()
-            n_units = self.groups[x].num_units
-            kept = kept_units(n_units, s.fraction, epochs.index(state.epoch) + 1, len(epochs))
-            k = n_units - kept - int(self.removed[x].sum())
-            new[x] = select_units(scores[x], ~self.removed[x], max(k, 0), self.target, self._generator)
+        for x, k in due.items():
+            new[x] = select_units(scores[x], ~self.removed[x], k, self.target, self._generator)
         for x, chosen in new.items():
             self.removed[x] |= chosen
         return new
@@ -214,8 +259,7 @@ class IterativeStructuredPruning(_StructuredSchedule):
     stay on the model after training (the pruned model needs them); :meth:`detach` removes them.
     """
 
-    def on_train_begin(self, state: TrainState) -> None:
-        super().on_train_begin(state)
+    def _prepare(self, state: TrainState) -> None:
         if getattr(self, "gates", None) is not None:
             self.gates.remove()  # a second fit with the same callback starts afresh
         self._model = state.model
@@ -368,3 +412,68 @@ class ZeroRestorePruning(_StructuredSchedule):
     def on_train_end(self, state: TrainState) -> None:
         if self._saved:
             self._restore(state.model)
+        super().on_train_end(state)
+
+
+# --- flatness at the end of training ---------------------------------------------------------------
+TOP_EIGEN_K = 100  # the authors' compute_hessian_eigenthings(..., 100, ...)
+EIGEN_ITERS = 20  # their deflated_power_iteration(power_iter_steps=20)
+
+
+def hessian_top_eigen_sum(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int = TOP_EIGEN_K,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    method: str = "power",
+    iters: int = EIGEN_ITERS,
+    tol: float = 1e-4,
+    seed: int = 0,
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> float:
+    """Sum of the top-``k`` Hessian eigenvalues of the mean cross-entropy on the first ``samples`` of (x, y).
+
+    Bartoldson et al. (2020, Sec. 5; ``hessian_first_100_eigen_sum``): k = 100 by deflated power
+    iteration (largest magnitude, 20 steps each, tolerance 1e-4) on the first 512 test samples, eval
+    mode. Uses :func:`prunelab.analysis.flatness.hessian_eigenvalues`.
+    """
+    xs, ys = fixed_subset(x, y, samples)
+    values = hessian_eigenvalues(model, xs, ys, k, method=method, masks=masks, iters=iters, tol=tol, seed=seed)
+    return float(sum(values))
+
+
+class HessianEigenSum(Callback):
+    """Writes ``hessian_top<k>_eigen_sum`` into the history at the end of the given 0-based epochs
+    (default: the last epoch only, as the authors' epoch 314 of 315), on ``split`` (default test).
+
+    Put it before a pruning callback in the list to measure before that epoch's pruning, as the
+    authors do. ``kw`` goes to :func:`hessian_top_eigen_sum`.
+    """
+
+    def __init__(self, k: int = TOP_EIGEN_K, epochs: Sequence[int] | None = None, split: str = "test",
+                 **kw: Any) -> None:
+        if split not in ("test", "val", "train"):
+            raise PrunelabError(f"split must be 'test', 'val' or 'train', got {split!r}")
+        if epochs is not None and (isinstance(epochs, (str, int)) or not all(
+                isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs)):
+            raise PrunelabError(f"epochs must be a list of 0-based epoch indices, got {epochs!r}")
+        self.k, self.split, self.kw = k, split, kw
+        self.epochs = None if epochs is None else set(epochs)
+        self.values: dict[int, float] = {}
+
+    @property
+    def key(self) -> str:
+        return f"hessian_top{self.k}_eigen_sum"
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        due = state.epoch + 1 == state.total_epochs if self.epochs is None else state.epoch in self.epochs
+        if not due:
+            return
+        x, y = getattr(state.data, f"x_{self.split}", None), getattr(state.data, f"y_{self.split}", None)
+        if x is None or y is None:
+            raise PrunelabError(f"the Hessian is measured on the {self.split} split, which the data lacks")
+        value = hessian_top_eigen_sum(state.model, x, y, self.k, **self.kw)
+        self.values[state.epoch + 1] = value
+        state.metrics[self.key] = value

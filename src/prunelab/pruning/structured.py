@@ -24,9 +24,11 @@ The BatchNorm and residual additions are found by tracing the model with ``torch
 
 Unit scores (higher = more important) live in the :data:`STRUCTURED` registry:
 ``fn(model, groups, unit_masks, ctx) -> {layer: Tensor(units,)}``. Built in: ``l1`` and ``l2``
-(filter norms; Li, Kadav, Durdanovic, Samet & Graf, ICLR 2017, use L1) and ``ebn``, the expected
+(filter norms; Li, Kadav, Durdanovic, Samet & Graf, ICLR 2017, use L1), ``ebn``, the expected
 post-BN-ReLU activation of Bartoldson, Morcos, Barbu & Erlebacher (NeurIPS 2020, Appendix):
-E[ReLU(gamma z + beta)] for z ~ N(0, 1). Targets (Bartoldson et al. 2020, Sec. 3): ``smallest``
+E[ReLU(gamma z + beta)] for z ~ N(0, 1), and ``activations``, their code's running L1 norm of the
+activations each unit sends into its ReLU (:class:`ActivationL1`; it needs statistics gathered during
+training, which the pruning schedules of :mod:`prunelab.pruning.instability` collect). Targets (Bartoldson et al. 2020, Sec. 3): ``smallest``
 (Prune_S), ``largest`` (Prune_L), ``random`` (Prune_R).
 """
 
@@ -307,6 +309,110 @@ def ebn_scores(
         if bn.weight is None or bn.bias is None:
             raise PrunelabError(f"structured criterion 'ebn' needs an affine BatchNorm; {g.bn!r} has affine=False")
         out[k] = expected_bn_relu(bn.weight, bn.bias).to(bn.weight.dtype)
+    return out
+
+
+class ActivationL1:
+    """Running per-unit L1 norm of the input of the ReLU after each layer, gathered during training.
+
+    Bartoldson et al.'s ``activations`` score (GeneralizationStabilityTradeoff, ``models.py``:
+    ``_make_conv_prunable`` lines 150-152, ``_prune_layer`` lines 233-235, the ResNet block forward
+    lines 409-427). For each unit the tensor is what its ReLU receives: the output of the BatchNorm
+    after the layer (the layer's own output without one) plus the residual operands added into it
+    (``bn2(conv2(h)) + shortcut(x)`` for the last conv of a block, their "post-shortcut
+    activations"). On every ``every``-th training forward of the model (their ``counter % 10 == 0``)
+    the per-channel sum of ``|a|`` over the batch and all positions ``s`` updates
+    ``m <- (1 - momentum) m + momentum s`` from ``m = 0`` (their ``.1 * s + .9 * m``). Eval-mode
+    forwards are ignored. Use as a context manager or ``attach()`` / ``detach()``; ``values[layer]``
+    is ``m``. (Their code has it for ResNets only; here it works on any model
+    :func:`channel_groups` can trace.)
+    """
+
+    def __init__(self, model: nn.Module, groups: Mapping[str, ChannelGroup], every: int = 10,
+                 momentum: float = 0.1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise PrunelabError(f"every must be a positive integer, got {every!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
+            raise PrunelabError(f"momentum must be in (0, 1], got {momentum!r}")
+        self.model, self.groups = model, dict(groups)
+        self.every, self.momentum = every, float(momentum)
+        device = next(model.parameters()).device
+        self.values = {k: torch.zeros(g.num_units, device=device) for k, g in self.groups.items()}
+        self.forwards = 0
+        self._record = False
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def _store(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if self._record:
+                self._outputs[name] = output.detach()
+
+        return hook
+
+    def _begin(self, module: nn.Module, inputs: Any) -> None:
+        self._outputs = {}
+        self._record = False
+        if module.training:
+            self.forwards += 1
+            self._record = self.forwards % self.every == 0
+
+    def _end(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if not self._record:
+            return
+        self._record = False
+        with torch.no_grad():
+            for layer, g in self.groups.items():
+                a = self._outputs[g.bn or g.layer]
+                for res in g.residual:
+                    a = a + self._outputs[res]
+                dims = [d for d in range(a.dim()) if d != 1]
+                s = a.abs().sum(dim=dims).to(self.values[layer].dtype)
+                self.values[layer] = (1.0 - self.momentum) * self.values[layer] + self.momentum * s
+        self._outputs = {}
+
+    def attach(self) -> "ActivationL1":
+        if self._handles:
+            raise PrunelabError("this ActivationL1 is already attached")
+        names = {g.bn or g.layer for g in self.groups.values()} | {r for g in self.groups.values() for r in g.residual}
+        self._handles = [self.model.register_forward_pre_hook(self._begin),
+                         self.model.register_forward_hook(self._end, always_call=True)]
+        self._handles += [self.model.get_submodule(n).register_forward_hook(self._store(n)) for n in sorted(names)]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "ActivationL1":
+        return self.attach()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+
+@STRUCTURED.register("activations")
+def activation_scores(
+    model: nn.Module, groups: Mapping[str, ChannelGroup], unit_masks: Mapping[str, torch.Tensor], ctx: ScoreContext
+) -> UnitScores:
+    """Running L1 norm of each unit's ReLU input (:class:`ActivationL1`), read from
+    ``ctx.options["activations"]`` (``{layer: Tensor(units,)}``, what the pruning schedules pass);
+    masked units score 0."""
+    stats = (ctx.options or {}).get("activations") if ctx is not None else None
+    if not isinstance(stats, Mapping):
+        raise PrunelabError(
+            "structured criterion 'activations' needs running activation statistics from training: use it in "
+            "a pruning schedule (IterativeStructuredPruning, ...) or pass options['activations'] = ActivationL1(...).values"
+        )
+    out: UnitScores = {}
+    for k, g in groups.items():
+        if k not in stats:
+            raise PrunelabError(f"no activation statistics for layer {k!r}; have: {', '.join(stats)}")
+        score = stats[k].detach().clone()
+        if k in unit_masks:
+            score = score * unit_masks[k].to(score.device, score.dtype)
+        out[k] = score
     return out
 
 
