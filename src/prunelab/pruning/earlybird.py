@@ -62,18 +62,17 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-
-import numpy as np
 
 from prunelab.analysis.partition import ActivationPatterns, activation_patterns, pattern_distance, sample_canvas
 from prunelab.callbacks import Callback, TrainState
 from prunelab.errors import PrunelabError
-from prunelab.utils import eval_mode
 from prunelab.pruning.context import ScoreContext
 from prunelab.pruning.schedules import SCHEDULES, ScheduleContext, ScheduleResult, train_stage
 from prunelab.pruning.structured import STRUCTURED, ChannelGroup, UnitScores
+from prunelab.utils import eval_mode
 
 PARTITION_THRESHOLD = 0.16  # Spline-EB reference code, detect_eb(thres=0.16): stop if max < 0.16
 PARTITION_WINDOW = 3  # ... lookback=3

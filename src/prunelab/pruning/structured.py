@@ -371,7 +371,7 @@ class ActivationL1:
                 self.values[layer] = (1.0 - self.momentum) * self.values[layer] + self.momentum * s
         self._outputs = {}
 
-    def attach(self) -> "ActivationL1":
+    def attach(self) -> ActivationL1:
         if self._handles:
             raise PrunelabError("this ActivationL1 is already attached")
         names = {g.bn or g.layer for g in self.groups.values()} | {r for g in self.groups.values() for r in g.residual}
@@ -385,7 +385,7 @@ class ActivationL1:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> "ActivationL1":
+    def __enter__(self) -> ActivationL1:
         return self.attach()
 
     def __exit__(self, *exc: Any) -> None:
@@ -406,7 +406,7 @@ def activation_scores(
             "a pruning schedule (IterativeStructuredPruning, ...) or pass options['activations'] = ActivationL1(...).values"
         )
     out: UnitScores = {}
-    for k, g in groups.items():
+    for k in groups:
         if k not in stats:
             raise PrunelabError(f"no activation statistics for layer {k!r}; have: {', '.join(stats)}")
         score = stats[k].detach().clone()

@@ -158,7 +158,7 @@ class LayerOutputSlacks:
 
         return hook
 
-    def __enter__(self) -> "LayerOutputSlacks":
+    def __enter__(self) -> LayerOutputSlacks:
         if self._handles:
             raise PrunelabError("this LayerOutputSlacks recorder is already attached to its model")
         modules = dict(self.model.named_modules())
