@@ -35,7 +35,7 @@ Two ways to enumerate, same set (tested against each other and against the exact
   with w_ij != 0 is off (``y_i + z_j <= 1``): then g_i = 0 and the off-margin is waived. After each
   pattern a no-good cut ``sum_{z*_i = 1} z_i - sum_{z*_i = 0} z_i <= |{z*_i = 1}| - 1`` removes it and
   the MILP is solved again; infeasible means every region was found. One MILP per region: measured
-  10-50x slower than the tree (``benchmarks/regions_speed.py``).
+  25-240x slower than the tree on 2-D nets with 26-130 regions (``benchmarks/regions_speed.py``).
 
 Choices written down: F is max(tol, max_i min(U_i, -L_i)) over unstable units (any F >= the margin's
 upper bound keeps the rows valid). HiGHS stops each MILP at its first solution (any pattern with
