@@ -49,7 +49,12 @@ class Registry(Generic[T]):
             if key in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[key] = obj
-            self._options[key] = options or getattr(obj, "options_model", None) or NoOptions
+            model = options or getattr(obj, "options_model", None) or NoOptions
+            self._options[key] = model
+            try:  # so that code holding the function (prunelab.prune) finds its options model
+                obj.options_model = model  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                pass
             return obj
 
         return add

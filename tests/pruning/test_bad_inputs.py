@@ -118,7 +118,11 @@ ROWS: list[Row] = [
     ("iterations str", lambda m: P(m, 0.5, iterations="3"), "iterations must be a positive integer, got '3'"),
     ("iterations float", lambda m: P(m, 0.5, iterations=2.0), "iterations must be a positive integer, got 2.0"),
     ("options['iterations'] 0", lambda m: P(m, 0.5, "synflow", options={"iterations": 0}),
-     "options['iterations'] must be a positive integer, got 0"),
+     "invalid options of criterion 'synflow': iterations=0: Input should be greater than 0"),
+    ("options misspelt", lambda m: P(m, 0.5, "synflow", options={"iteratons": 3}),
+     "unknown option 'iteratons' for criterion 'synflow' / allocation 'global'; valid: iterations"),
+    ("options of another criterion", lambda m: P(m, 0.5, "magnitude", options={"temperature": 3.0}),
+     "unknown option 'temperature' for criterion 'magnitude' / allocation 'global'; valid: iterations"),
     ("options not a dict", lambda m: P(m, 0.5, options=[("iterations", 2)]),
      "options must be a dict of criterion settings, got [('iterations', 2)]"),
     ("options a string", lambda m: P(m, 0.5, options="iterations=2"),
@@ -311,7 +315,8 @@ def _data_dependent() -> list[str]:
     out = []
     for name in CRITERIA.names():
         try:
-            P(mlp(), 0.5, name, iterations=1, options=FISHER)
+            # the Fisher options belong to the second-order criteria: any other criterion refuses them
+            P(mlp(), 0.5, name, iterations=1, options=FISHER if name in ("cbs", "woodfisher") else None)
         except PrunelabError as exc:
             assert str(exc) == NEEDS.format(name)
             out.append(name)

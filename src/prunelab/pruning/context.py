@@ -21,18 +21,73 @@ non-finite inputs) and :func:`check_data` (one probe forward pass: input shape, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, validation_error
 from prunelab.registry import Registry
 from prunelab.utils import eval_mode
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+class CriterionOptions(BaseModel):
+    """Options every criterion takes (a criterion's own options model extends this)."""
+
+    model_config = ConfigDict(extra="forbid")
+    iterations: Optional[int] = Field(None, gt=0, description="score/prune rounds on an exponential density "
+                                      "schedule (default: the criterion's own, 1 for one-shot criteria)")
+
+
+class GradientOptions(CriterionOptions):
+    """Options of criteria that run the model on data."""
+
+    train_mode: bool = Field(False, description="score in train mode (batch statistics); buffers are restored")
+
+
+#: Keys ``prunelab.prune`` sets in ``ctx.options`` itself (never user options).
+INTERNAL_OPTIONS = ("sparsity", "allocation")
+
+
+def parse_options(methods: Sequence[tuple[str, str, Any]], options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate the ``options`` of one pruning call against the options models of ``methods``.
+
+    ``methods`` are (kind, name, function) triples (criterion, allocation, update: they share
+    ``ctx.options``); each registered function carries ``options_model``. A key no model knows is a
+    one-line :class:`PrunelabError` naming the valid keys; each model validates its own keys. The
+    result holds the given keys, validated (each method applies its own defaults to the others).
+    """
+    options = dict(options or {})
+    models = [(f"{kind} {name!r}", getattr(fn, "options_model", None)) for kind, name, fn in methods if fn is not None]
+    known_anyway = any(m is None for _, m in models)  # a custom function without an options model: unchecked
+    valid: list[str] = []
+    for _, m in models:
+        for f in (m.model_fields if m is not None else {}):
+            if f not in valid:
+                valid.append(f)
+    unknown = [k for k in options if k not in valid and k not in INTERNAL_OPTIONS]
+    if unknown and not known_anyway:
+        names = " / ".join(what for what, _ in models)
+        raise PrunelabError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for {names}; "
+            f"valid: {', '.join(valid) or 'none'}"
+        )
+    out: dict[str, Any] = {k: v for k, v in options.items() if k in unknown}
+    for what, m in models:
+        if m is None:
+            continue
+        mine = {k: v for k, v in options.items() if k in m.model_fields}
+        try:
+            validated = m.model_validate(mine)
+        except ValidationError as err:
+            raise validation_error(err, f"options of {what}", m) from None
+        out.update({k: getattr(validated, k) for k in mine})  # given keys only: methods default the rest
+    return out
+
 
 CRITERIA: Registry[Callable[..., dict[str, torch.Tensor]]] = Registry("criterion")
 ALLOCATIONS: Registry[Callable[..., Any]] = Registry("allocation")

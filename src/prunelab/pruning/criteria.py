@@ -21,11 +21,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
-from prunelab.pruning.context import CRITERIA, ScoreContext
+from prunelab.pruning.context import CRITERIA, CriterionOptions, GradientOptions, ScoreContext
 from prunelab.utils import eval_mode
 
 Scores = dict[str, torch.Tensor]
@@ -75,7 +76,7 @@ def _grad_of_loss_sum(
 
 
 # --- data-free criteria ------------------------------------------------------------------------
-@CRITERIA.register("random")
+@CRITERIA.register("random", options=CriterionOptions)
 def random_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """Uniform random scores from a CPU generator seeded with ``ctx.seed`` (same masks on any device).
 
@@ -89,13 +90,13 @@ def random_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: Scor
     }
 
 
-@CRITERIA.register("magnitude")
+@CRITERIA.register("magnitude", options=CriterionOptions)
 def magnitude(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """|w| (Han, Pool, Tran & Dally, NeurIPS 2015, "Learning both weights and connections")."""
     return {name: w.abs_() for name, w in masked_weights(model, masks).items()}
 
 
-@CRITERIA.register("lamp")
+@CRITERIA.register("lamp", options=CriterionOptions)
 def lamp(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """LAMP (Lee, Park, Mo, Ahn & Shin, ICLR 2021, Eq. 2): score(u) = w_u^2 / sum_{v >= u} w_v^2.
 
@@ -117,7 +118,7 @@ def lamp(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext)
     return scores
 
 
-@CRITERIA.register("synflow")
+@CRITERIA.register("synflow", options=CriterionOptions)
 def synflow(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """SynFlow (Tanaka, Kunin, Yamins & Ganguli, NeurIPS 2020, Algorithm 1): |dR/dw ⊙ w|.
 
@@ -156,7 +157,7 @@ synflow.default_iterations = 100  # type: ignore[attr-defined]
 
 
 # --- data-dependent criteria (flagged ``needs_data``: prune refuses to run them without data) ----
-@CRITERIA.register("snip")
+@CRITERIA.register("snip", options=GradientOptions)
 def snip(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """SNIP (Lee, Ajanthan & Torr, ICLR 2019, Eq. 6): connection sensitivity |g ⊙ w|.
 
@@ -173,7 +174,13 @@ def snip(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext)
 snip.needs_data = True  # type: ignore[attr-defined]
 
 
-@CRITERIA.register("grasp")
+class GraspOptions(GradientOptions):
+    """GraSP (Wang, Zhang & Grosse 2020)."""
+
+    temperature: float = Field(200.0, gt=0, description="logits are divided by this before the loss (authors: 200)")
+
+
+@CRITERIA.register("grasp", options=GraspOptions)
 def grasp(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> Scores:
     """GraSP (Wang, Zhang & Grosse, ICLR 2020, Eq. 8): returns w ⊙ Hg (higher = keep).
 

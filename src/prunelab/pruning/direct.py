@@ -29,6 +29,7 @@ from prunelab.pruning.context import (
     check_data,
     needs_data,
     no_data_message,
+    parse_options,
 )
 from prunelab.utils import resolve_device
 
@@ -110,6 +111,14 @@ def prune_direct(
         allocation.lower() if isinstance(allocation, str)
         else "explicit" if isinstance(allocation, Mapping) else getattr(allocation, "__name__", "custom")
     )
+    update_name = update if isinstance(update, str) and update != "auto" else getattr(
+        score_fn, "default_update", None) or getattr(update_fn, "__name__", "custom")
+    options = parse_options(
+        [("criterion", criterion_name, score_fn),
+         ("allocation", allocation_name, None if isinstance(allocate, ExplicitAllocation) else allocate),
+         ("update", update_name, update_fn)],
+        options,
+    )
 
     if device is not None:
         model.to(resolve_device(device))
@@ -133,7 +142,7 @@ def prune_direct(
 
     if iterations is None:
         default = getattr(score_fn, "default_iterations", 1) if getattr(score_fn, "iterative", False) else 1
-        n_rounds = _check_count(options.get("iterations", default), "options['iterations']")
+        n_rounds = _check_count(default if options.get("iterations") is None else options["iterations"], "options['iterations']")
     else:
         n_rounds = _check_count(iterations, "iterations")
 

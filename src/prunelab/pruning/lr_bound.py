@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from prunelab.analysis.regions.bounds import expected_bound
 from prunelab.analysis.regions.rank import RANK_METHODS
@@ -256,7 +258,15 @@ def _architecture(masks: Masks, options: Mapping) -> tuple[list[int], list[int]]
     return [shapes[0][1]] + [s[0] for s in shapes], list(range(len(shapes)))
 
 
-@ALLOCATIONS.register("lr_bound")
+class LrBoundOptions(BaseModel):
+    """The ``lr_bound`` allocation (Cai et al. 2023)."""
+
+    model_config = ConfigDict(extra="forbid")
+    widths: Optional[list[int]] = Field(None, description="the MLP's [n_0, ..., n_out] when some layers are not masked")
+    lr_bound_rank: Literal["analytic", "montecarlo"] = Field("analytic", description="rank distribution of sparse layers")
+
+
+@ALLOCATIONS.register("lr_bound", options=LrBoundOptions)
 def lr_bound_allocation(
     scores: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],

@@ -32,11 +32,12 @@ import numbers
 from collections.abc import Mapping
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
-from prunelab.pruning.context import CRITERIA, ScoreContext
+from prunelab.pruning.context import CRITERIA, GradientOptions, ScoreContext
 from prunelab.pruning.criteria import masked_weights, scoring_mode
 
 DEFAULT_WEIGHT_DECAY = 5e-4  # the value hard-coded in the authors' code
@@ -50,7 +51,15 @@ def undecayed_weight_decay(ctx: ScoreContext) -> float:
     return float(lam)
 
 
-@CRITERIA.register("upa")
+class UpaOptions(GradientOptions):
+    """Undecayed pruning (Good et al. 2022)."""
+
+    weight_decay: float = Field(DEFAULT_WEIGHT_DECAY, ge=0, allow_inf_nan=False,
+                                description="lambda: the weight decay the network was trained with")
+    train_mode: bool = Field(True, description="gradient in train mode, as the authors' code (buffers restored)")
+
+
+@CRITERIA.register("upa", options=UpaOptions)
 def upa(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> dict[str, torch.Tensor]:
     """Undecayed pruning score |-w dCE/dw + lambda w^2| (Good et al., NeurIPS 2022; module docstring)."""
     lam = undecayed_weight_decay(ctx)

@@ -68,11 +68,11 @@ from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
 from prunelab.pruning.context import CRITERIA, UPDATES, ScoreContext
-from prunelab.pruning.second_order.fisher import GiB, BlockInverse, fisher_for, gram64, matvec64, rmatvec64
+from prunelab.pruning.second_order.fisher import BlockInverse, GiB, fisher_for, gram64, matvec64, rmatvec64
 from prunelab.pruning.second_order.gradients import eval_mode
 from prunelab.pruning.second_order.layout import Layout, removed_coordinates, write_weights
+from prunelab.pruning.second_order.options import flat_options
 from prunelab.pruning.second_order.woodfisher import unpack_scores
-
 
 SELECTIONS = ("auto", "full", "blocks")
 
@@ -432,7 +432,7 @@ def network_loss(
     return loss
 
 
-@CRITERIA.register("cbs")
+@CRITERIA.register("cbs", options=flat_options("CBSCriterionOptions", cbs=CBSOptions))
 def cbs(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> dict[str, torch.Tensor]:
     """CBS-S selection encoded as scores (see the module docstring for the contract)."""
     n_prune = target_prune_count(masks, ctx)
@@ -451,7 +451,7 @@ def cbs(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) 
 cbs.default_update = "cbs"  # type: ignore[attr-defined]
 
 
-@UPDATES.register("cbs")
+@UPDATES.register("cbs", options=flat_options("CBSUpdateOptions", criterion=False, cbs=CBSOptions))
 def cbs_update(model: nn.Module, old_masks: Mapping[str, torch.Tensor], new_masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> None:
     """CBS-U after any selection: the jointly optimal update of the quadratic model (damped F);
     per block, or with ``full`` through the Fisher restricted to the kept weights."""

@@ -23,6 +23,7 @@ from torch import nn
 from prunelab.pruning.context import CRITERIA, UPDATES, ScoreContext
 from prunelab.pruning.second_order.fisher import BlockInverse, fisher_for
 from prunelab.pruning.second_order.layout import Layout, removed_coordinates, write_weights
+from prunelab.pruning.second_order.options import flat_options
 
 
 def woodfisher_saliency(inverse: BlockInverse, weights: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def unpack_scores(layout: Layout, model: nn.Module, vector: torch.Tensor) -> dic
     return {n: t.to(device=params[n].device, dtype=params[n].dtype) for n, t in layout.unpack(vector).items()}
 
 
-@CRITERIA.register("woodfisher")
+@CRITERIA.register("woodfisher", options=flat_options("WoodFisherOptions"))
 def woodfisher(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> dict[str, torch.Tensor]:
     """WoodFisher/OBS saliency ``w_q^2 / (2 [F^-1]_qq)`` (Singh & Alistarh 2020, Eq. 4); higher = keep."""
     state = fisher_for(model, masks, ctx, "woodfisher")
@@ -52,7 +53,7 @@ def woodfisher(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreCo
 woodfisher.default_update = "obs"  # type: ignore[attr-defined]
 
 
-@UPDATES.register("obs")
+@UPDATES.register("obs", options=flat_options("ObsOptions", criterion=False))
 def obs(model: nn.Module, old_masks: Mapping[str, torch.Tensor], new_masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> None:
     """Add the single-weight OBS updates of all newly pruned weights, then zero them exactly."""
     state = fisher_for(model, old_masks, ctx, "obs")
