@@ -18,8 +18,9 @@ below ``threshold``:
   residual nets, whose ReLU sees ``bn2(...) + shortcut``.
 * :class:`ChannelMaskEarlyBird` -- You, Li, Xu, Fu, Wang, Chen, Baraniuk, Wang & Lin (ICLR 2020,
   "Drawing Early-Bird Tickets", Sec. 3.3 and Algorithm 1). Reference code: RICE-EIC/Early-Bird-Tickets,
-  ``main.py`` class ``EarlyBird`` (lines 306-370) and its use in the epoch loop (lines 372-381). Its
-  rule, which we follow exactly:
+  ``main.py`` class ``EarlyBird`` (lines 306-374: ``thre_index`` line 328, ``gt(thre)`` line 338,
+  ``cal_dist`` line 358, ``> 0.1`` line 370) and its use at the top of the epoch loop (lines
+  383-420). Its rule, which we follow exactly:
 
   - **mask** (``EarlyBird.pruning``, the same rule as ``vggprune.py`` lines 105-117): sort all
     |gamma| of the BatchNorms, ``thre = sorted[int(total * percent)]``, keep ``|gamma| > thre``. So
@@ -190,7 +191,8 @@ def batchnorm_patterns(model: nn.Module, canvas: torch.Tensor, batch_size: int =
     the BatchNorm module names (``name:1`` for a second call in one forward); every (channel,
     position) is a unit. Compare two with :func:`prunelab.analysis.partition.pattern_distance`.
     """
-    if not isinstance(canvas, torch.Tensor) or canvas.dim() < 2 or canvas.shape[0] == 0 or not canvas.is_floating_point():
+    if not isinstance(canvas, torch.Tensor) or canvas.dim() < 2 or canvas.shape[0] == 0 \
+            or not canvas.is_floating_point():
         raise PrunelabError("canvas must be a floating-point tensor of inputs (N, *input_shape)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PrunelabError(f"batch_size must be a positive integer, got {batch_size!r}")
