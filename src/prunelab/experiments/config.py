@@ -34,6 +34,7 @@ from prunelab.data import DATASETS
 from prunelab.errors import PrunelabError, validation_error
 from prunelab.models import MODELS
 from prunelab.pruning import ALLOCATIONS, CRITERIA, SCHEDULES
+from prunelab.pruning.context import parse_options
 from prunelab.train import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -44,7 +45,7 @@ else:  # pragma: no cover
 #: Bumped when the meaning of a stored field changes (never for a new defaulted field).
 FORMAT_VERSION = 2
 #: RunConfig fields that do not change a run's result.
-NOT_IDENTITY = ("data_root", "device", "resources")
+NOT_IDENTITY = ("data_root", "device", "resources", "checkpoint_every")
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
@@ -55,6 +56,18 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 def _non_default(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_defaults=True)
+
+
+def _without_defaults(options: dict[str, Any], methods: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Validated ``options`` minus the keys equal to their method's default (they do not change the run)."""
+    out = {}
+    for k, v in options.items():
+        default = next((m.model_fields[k].get_default(call_default_factory=True)
+                        for _, _, fn in methods if (m := getattr(fn, "options_model", None)) and k in m.model_fields),
+                       object())
+        if v != default:
+            out[k] = v
+    return out
 
 
 class MethodSpec(BaseModel):
@@ -148,16 +161,26 @@ class PruneConfig(BaseModel):
             if self.update not in UPDATES:
                 raise ValueError(f"unknown update {self.update!r}; valid: auto, none, {', '.join(UPDATES.names())}")
         try:
-            crit = CRITERIA.parse_options(self.criterion, self.options)
+            options = parse_options(self._methods_sharing_options(), self.options)
             sched = SCHEDULES.parse_options(self.schedule, self.schedule_options)
         except PrunelabError as e:
             raise ValueError(str(e)) from None
-        object.__setattr__(self, "options", _non_default(crit))
+        object.__setattr__(self, "options", _without_defaults(options, self._methods_sharing_options()))
         object.__setattr__(self, "schedule_options", _non_default(sched))
         return self
 
-    def criterion_options(self) -> BaseModel:
-        return CRITERIA.parse_options(self.criterion, self.options)
+    def _methods_sharing_options(self) -> list[tuple[str, str, Any]]:
+        """Criterion, allocation and weight update: the methods that read ``options``."""
+        crit = CRITERIA.get(self.criterion)
+        out = [("criterion", self.criterion, crit)]
+        if isinstance(self.allocation, str):
+            out.append(("allocation", self.allocation, ALLOCATIONS.get(self.allocation)))
+        update = getattr(crit, "default_update", None) if self.update == "auto" else self.update
+        if update:
+            from prunelab.pruning import UPDATES
+
+            out.append(("update", update, UPDATES.get(update)))
+        return out
 
     def schedule_settings(self) -> BaseModel:
         return SCHEDULES.parse_options(self.schedule, self.schedule_options)
@@ -193,6 +216,7 @@ class RunConfig(BaseModel):
     data_root: Optional[str] = None
     device: str = "auto"
     resources: Resources = Field(default_factory=Resources)
+    checkpoint_every: int = Field(1, ge=0, description="epochs between resumable training checkpoints (0: none)")
 
     @field_validator("analyses", mode="before")
     @classmethod

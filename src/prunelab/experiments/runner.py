@@ -67,6 +67,28 @@ class RecordWeights(Callback):
         if self.state is None and state.iteration >= self.k:
             self.state = _cpu_state(state.model)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state.get("state")
+
+
+class StageCheckpoints:
+    """``fit`` with a resumable checkpoint per training stage of one run (``prunelab.train.fit``'s
+    ``checkpoint=``): the i-th call of a run checkpoints to ``<folder>/stage<i>`` every
+    ``every`` epochs, so a killed run resumes inside the stage it was in. ``every = 0``: none."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder, self.every, self.calls = folder, every, 0
+
+    def __call__(self, model, data, config, callbacks=(), progress=True):
+        i, self.calls = self.calls, self.calls + 1
+        if not self.every:
+            return fit(model, data, config, callbacks=callbacks, progress=progress)
+        return fit(model, data, config, callbacks=callbacks, progress=progress,
+                   checkpoint=self.folder / f"stage{i}", checkpoint_every=self.every)
+
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
@@ -174,8 +196,9 @@ def dense_stage(cfg: RunConfig, out_dir: Path, model: nn.Module, ds: Any, init_s
             return DenseStage(load_file(str(files[0])), load_file(str(files[1])), json.loads(files[2].read_text()))
         model.load_state_dict(init_state)
         rec = RecordWeights(k)
-        res = fit(model, ds, cfg.train_config().model_copy(update={"device": str(ds.x_train.device)}),
-                  callbacks=[rec], progress=progress)
+        res = StageCheckpoints(ddir / "train_state", cfg.checkpoint_every)(
+            model, ds, cfg.train_config().model_copy(update={"device": str(ds.x_train.device)}), callbacks=[rec],
+            progress=progress)
         history = [dict(r, stage="dense") for r in res.history]
         final = _cpu_state(model)
         rewind = rec.state if rec.state is not None else final
@@ -261,7 +284,7 @@ def _compute(cfg: RunConfig, out_dir: Path, run_dir: Path, *, progress: bool, da
         sparsity=cfg.prune.sparsity,
         prune_fn=make_prune_fn(cfg, batches),
         dense=dense,
-        fit=fit,
+        fit=StageCheckpoints(run_dir / "train_state", cfg.checkpoint_every),
         progress=progress,
         **_schedule_fields(cfg.prune.schedule, settings.model_dump()),
     )

@@ -236,6 +236,18 @@ class GradualPruning(Callback):
         if self.enforcer is not None:
             self.enforcer.after_backward(state)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed training needs: the masks so far, the sparsity reached and the events."""
+        return {"masks": dict(self.masks) if self.masks is not None else None, "current": self.current,
+                "events": list(self.events)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        masks = state.get("masks")
+        self.masks = Masks(masks) if masks is not None else None
+        self.enforcer = MaskEnforcer(self.masks) if self.masks is not None else None
+        self.current = float(state.get("current", 0.0))
+        self.events = list(state.get("events", []))
+
 
 class GradualOptions(BaseModel):
     """Gradual pruning (Zhu & Gupta 2017, eq. 1)."""
