@@ -104,7 +104,8 @@ def one_seed(args: argparse.Namespace, data, seed: int) -> dict:
 
 
 def summary(rows: list[dict]) -> str:
-    lines = [f"# CPAIOR 2020 2 x 100 MNIST row, released recipe ({len(rows)} seeds)\n",
+    head = f"# CPAIOR 2020 2 x 100 MNIST row, released recipe, L1 = {rows[0]['l1']:g}, {rows[0]['epochs']} epochs"
+    lines = [f"{head} ({len(rows)} seeds)\n",
              "| metric | mean | std | min | max | paper |", "|---|---|---|---|---|---|"]
     for name in SUMMARY:
         vals = [float(r[name]) for r in rows]
