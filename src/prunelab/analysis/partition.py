@@ -10,7 +10,8 @@ this partition settles early in training and compare it between epochs: the **pa
 between two checkpoints is, for each ReLU layer, the normalised Hamming distance between their sign
 patterns on a fixed *canvas* of inputs (the fraction of (input, unit) pairs whose sign differs), then
 averaged over layers with equal weights. That is what their reference code computes (``getDiff`` on
-the outputs of every BatchNorm, which in their nets feed the ReLUs; layers averaged), on a canvas of
+the outputs of every BatchNorm, which feed the ReLUs in VGG but not in post-activation ResNets, where a
+block's second BatchNorm is added to the shortcut first; layers averaged), on a canvas of
 100 x 100 inputs ``a x_0 + b x_1``, a, b in [0, 1], through two test images.
 
 Choices made here (the paper leaves them open):

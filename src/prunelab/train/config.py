@@ -81,6 +81,9 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
     jumpstart: float = Field(0.0, ge=0.0, description="jumpstart regularisation strength lambda "
                              "(Riera et al. 2022; 0 = off)")
     jumpstart_aggregate: Literal["norm", "mean"] = Field("norm", description="jumpstart penalty: L2 norm or mean of the slacks")
+    jumpstart_sites: Literal["layer_outputs", "relu_inputs"] = Field(
+        "layer_outputs", description="jumpstart constrains every Linear/Conv output incl. the logits, before "
+        "BatchNorm (the authors'), or the ReLU inputs")
     seed: int = Field(0, description="seed of the batch order and augmentation")
     device: str = Field("auto", description="auto, cpu or cuda")
     eval_every: int = Field(1, description="evaluate every N epochs (0: only at the end)")

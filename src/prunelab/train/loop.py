@@ -444,7 +444,8 @@ def fit(
     if config.l1 > 0:
         callbacks.insert(0, L1Regularizer(config.l1))
     if config.jumpstart > 0:
-        callbacks.insert(0, Jumpstart(config.jumpstart, aggregate=config.jumpstart_aggregate))
+        callbacks.insert(0, Jumpstart(config.jumpstart, aggregate=config.jumpstart_aggregate,
+                                      sites=config.jumpstart_sites))
 
     device = resolve_device(config.device)
     train, test, val = (_split(data, name, device) for name in ("train", "test", "val"))
