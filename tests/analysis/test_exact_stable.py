@@ -9,10 +9,10 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
+from prunelab.analysis.affine import mlp_layers
 from prunelab.analysis.exact import find_stable_neurons, parse_domain
 from prunelab.analysis.exact.bounds import compute_bounds
 from prunelab.analysis.exact.domain import make_box
-from prunelab.analysis.affine import mlp_layers
 from prunelab.errors import PrunelabError
 
 torch.set_num_threads(1)

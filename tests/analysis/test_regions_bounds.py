@@ -23,7 +23,6 @@ from prunelab.analysis.regions.rank import SAMPLES_PER_RANK, sample_mask_rank
 from prunelab.errors import PrunelabError
 
 
-
 # --- independent brute force: enumerate J with itertools.product -----------------------------------
 def j_sum(n0: int, widths: list[int], ranks: list[int] | None = None, cap_dim_by_rank: bool = False) -> int:
     """sum over J of prod C(n_l, j_l), J = {0 <= j_l <= min(n0, n_i - j_i (i < l), last_l)}.

@@ -22,7 +22,6 @@ from prunelab.analysis.regions.patterns import hidden_affines, pattern_keys, pat
 from prunelab.errors import PrunelabError
 
 
-
 def mlp(*widths: int, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     mods: list[nn.Module] = [nn.Flatten()]

@@ -30,8 +30,10 @@ def command(run_dir, domain, time_limit, method, data_samples, data_root, out) -
     console.print(rich_table(done.stability_rows(), STABILITY_COLUMNS, title=f"stability per hidden layer ({method})",
                              headers=STABILITY_HEADERS))
     row = done.to_row()
-    console.print(f"neurons {row['neurons_before']} -> {row['neurons_after']}, layers {row['layers_before']} -> "
+    console.print(f"hidden units {row['neurons_before']} -> {row['neurons_after']} "
+                  f"({100 * row['neurons_removed_fraction']:.1f}% removed: {row['inactive_removed']} stably inactive "
+                  f"deleted + {row['active_folded']} stably active folded), layers {row['layers_before']} -> "
                   f"{row['layers_after']}, connections {row['connections_before']} -> {row['connections_after']} "
                   f"({100 * row['connections_removed_fraction']:.1f}% removed); verified on {row['n_points']} "
-                  f"points, max |output difference| {row['max_abs_diff']:.2e}")
+                  f"points, max |output difference| {row['max_abs_diff']:.2e}", highlight=False)
     console.print(f"compressed model: {done.path}")

@@ -47,12 +47,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.analysis.exact.bounds import LayerBounds, compute_bounds
 from prunelab.analysis.exact.candidates import Candidates, search_witnesses, settle_by_bounds, settle_by_witnesses
 from prunelab.analysis.exact.domain import Box, make_box, points_in_box
 from prunelab.analysis.exact.milp import ACTIVE, INACTIVE
 from prunelab.analysis.exact.prove import prove_by_lp, prove_per_unit, prove_single_milp
-from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.errors import PrunelabError
 
 METHODS = ("single_milp", "per_unit")
