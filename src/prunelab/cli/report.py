@@ -9,7 +9,7 @@ import click
 from prunelab.cli.console import console
 from prunelab.experiments.commands import print_results
 from prunelab.report.plots import accuracy_vs_compression
-from prunelab.report.tables import read_csv
+from prunelab.report.tables import read_results
 
 
 @click.command("report")
@@ -17,6 +17,6 @@ from prunelab.report.tables import read_csv
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="where to write the plot")
 def command(results, plot) -> None:
     """Print a results.csv as a table and (re)make its plot from the file alone."""
-    print_results(read_csv(results), console)
+    print_results(read_results(results), console, detail=f"all columns: {results}")
     out = accuracy_vs_compression(results, plot or Path(results).with_name("accuracy_vs_compression.png"))
     console.print(f"plot: {out}")

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from prunelab import data as data_mod
 from prunelab import models
@@ -43,37 +42,19 @@ from prunelab.experiments.runner import training_batches
 from prunelab.masks import Masks
 from prunelab.pruning import ALLOCATIONS, CRITERIA, SCHEDULES
 from prunelab.pruning.api import prune
-from prunelab.report.tables import format_value, rich_table
+from prunelab.report.tables import results_table
 from prunelab.train import TrainConfig, TrainResult, fit, save_checkpoint
 from prunelab.utils import atomic_write_json, resolve_device, seed_everything
-
-RESULT_COLUMNS = {"prune.criterion": "criterion", "prune.allocation": "allocation",
-                  "prune.schedule": "schedule", "prune.sparsity": "sparsity", "seed": "seed",
-                  "test_accuracy": "test acc", "compression": "compression",
-                  "effective_compression": "eff. compression", "flops_sparse": "sparse MACs",
-                  "seconds": "seconds"}
 
 STABILITY_COLUMNS = ["layer", "width", "stably_active", "stably_inactive", "unstable", "unresolved"]
 STABILITY_HEADERS = ["layer", "width", "active", "inactive", "unstable", "unresolved"]
 
 
 # ------------------------------------------------------------------------------------ results table
-def results_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    """The key columns of a results table; columns with one value in every row go into the title."""
-    cols = [c for c in RESULT_COLUMNS if any(c in r for r in rows)]
-    constant = {c: rows[0].get(c) for c in cols
-                if len(rows) > 1 and c not in ("test_accuracy", "prune.criterion", "prune.sparsity")
-                and len({str(r.get(c)) for r in rows}) == 1}
-    cols = [c for c in cols if c not in constant]
-    if constant:
-        fixed = ", ".join(f"{RESULT_COLUMNS[c]}={format_value(v)}" for c, v in constant.items())
-        title = f"{title} ({fixed})" if title else fixed
-    return rich_table(rows, cols, title=title, headers=[RESULT_COLUMNS[c] for c in cols])
-
-
-def print_results(rows: list[dict[str, Any]], console: Console, title: str | None = None) -> None:
-    """Print :func:`results_table` of ``rows`` on ``console``."""
-    console.print(results_table(rows, title))
+def print_results(rows: list[dict[str, Any]], console: Console, title: str | None = None,
+                  detail: str | None = None) -> None:
+    """Print the results table of ``rows`` (:func:`prunelab.report.tables.results_table`) on ``console``."""
+    console.print(results_table(rows, title, width=min(console.width, 100), detail=detail))
 
 
 # -------------------------------------------------------------------------------------------- train
