@@ -5,7 +5,9 @@
 verdicts) is :mod:`prunelab.experiments.reproductions.base`.
 """
 
+from prunelab.experiments.reproductions import earlybird  # noqa: F401  (registers)
 from prunelab.experiments.reproductions import effective_sparsity  # noqa: F401  (registers)
+from prunelab.experiments.reproductions import stability  # noqa: F401  (registers)
 from prunelab.experiments.reproductions.base import (
     MODES,
     REPRODUCTIONS,
