@@ -306,3 +306,26 @@ def test_a_full_disk_is_a_one_line_error_before_any_training(tmp_path, monkeypat
         run_sweep(small_sweep(), tmp_path / "out", progress=False)
     assert str(e.value) == f"cannot write to output folder {str(tmp_path / 'out')!r}: No space left on device"
     assert trained == []
+
+
+def test_a_write_failure_after_training_is_a_one_line_error_and_the_dense_model_is_kept(tmp_path, monkeypatch):
+    import errno
+
+    import prunelab.experiments.runner as runner
+
+    real = runner.save_state_dict
+
+    def fail_for_runs(path, state):
+        if "runs" in Path(path).parts:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, state)
+
+    monkeypatch.setattr(runner, "save_state_dict", fail_for_runs)
+    with pytest.raises(PrunelabError) as e:
+        run_sweep(small_sweep(criteria=["magnitude"], sparsities=[0.5]), tmp_path, progress=False)
+    assert str(e.value).startswith("could not write '") and "No space left on device" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert len(list((tmp_path / "dense").glob("*/model.safetensors"))) == 1  # the dense training is not lost
+    monkeypatch.setattr(runner, "save_state_dict", real)
+    res = run_sweep(small_sweep(criteria=["magnitude"], sparsities=[0.5]), tmp_path, progress=False)
+    assert res.computed == 1

@@ -250,9 +250,14 @@ def run_one(
     with FileLock(str(path.parent / ".lock")):
         if not force and (row := read_result(path)) is not None:  # another process finished it meanwhile
             return row, False
-        with torch_threads(cfg.resources.cpus):
-            row = _compute(cfg, out_dir, path.parent, progress=progress, data_cache=data_cache or DataCache())
-        atomic_write_json(path, row)
+        try:
+            with torch_threads(cfg.resources.cpus):
+                row = _compute(cfg, out_dir, path.parent, progress=progress, data_cache=data_cache or DataCache())
+            atomic_write_json(path, row)
+        except OSError as e:  # disk full, folder made read-only meanwhile, ...: one line, the run stays undone
+            where = f" {e.filename!r}" if getattr(e, "filename", None) else f" in {str(path.parent)!r}"
+            raise PrunelabError(f"could not write{where}: {e.strerror or e}; the run is not recorded (finished "
+                                f"dense models and training checkpoints are kept: rerun to resume)") from None
     return row, True
 
 
