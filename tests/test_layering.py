@@ -2,7 +2,7 @@
 
 Layers, lowest first (docs/architecture.md draws them):
 
-    0  errors, utils, registry, callbacks, version      (no prunelab imports but each other)
+    0  errors, utils, registry, callbacks, progress, version   (no prunelab imports but each other)
     1  data, models, masks, report                       (datasets, the zoo, masks, tables/plots)
     2  analysis                                          (pure functions of model + masks + data)
     3  pruning                                           (criteria, allocations, schedules, callbacks)
@@ -28,7 +28,7 @@ import pytest
 SRC = Path(__file__).parents[1] / "src"
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "utils": 0, "registry": 0, "callbacks": 0, "version": 0,
+    "errors": 0, "utils": 0, "registry": 0, "callbacks": 0, "version": 0, "progress": 0,
     "data": 1, "models": 1, "masks": 1, "report": 1,
     "analysis": 2,
     "pruning": 3,

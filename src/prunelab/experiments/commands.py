@@ -215,12 +215,14 @@ def prune_run(run_dir: str | Path, sparsity: float, criterion: str = "magnitude"
 
 # ------------------------------------------------------------------------------------------ regions
 def count_run_regions(run_dir: str | Path, mode: str = "line", *, samples: int = 10, inputs: int = 1000,
-                      seed: int = 0, time_limit: float = 60.0, data_root: str | None = None) -> dict[str, Any]:
+                      seed: int = 0, time_limit: float = 60.0, data_root: str | None = None,
+                      progress: bool = True) -> dict[str, Any]:
     """:func:`~prunelab.analysis.regions.regions_summary` of a run folder's (masked) MLP on its
     first ``inputs`` test inputs."""
     run = load_run(run_dir, data_root=data_root)
     x = run.dataset.x_test[:inputs]
-    return regions_summary(run.model, x, run.masks, mode, samples=samples, seed=seed, time_limit=time_limit)
+    return regions_summary(run.model, x, run.masks, mode, samples=samples, seed=seed, time_limit=time_limit,
+                           progress=progress)
 
 
 # -------------------------------------------------------------------------------------------- exact
@@ -252,7 +254,7 @@ def _inside(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 def exact_compress_run(run_dir: str | Path, domain: str = "box:0,1", *, time_limit: float = 600.0,
                        method: str = "single_milp", data_samples: int = 10000, data_root: str | None = None,
-                       out: str | Path | None = None) -> ExactCompression:
+                       out: str | Path | None = None, progress: bool = True) -> ExactCompression:
     """Stable-neuron analysis and exact compression of a trained MLP on disk.
 
     ``domain`` is a box in pixel units (``"box:0,1"``), mapped by :meth:`Dataset.input_box` through
@@ -272,7 +274,7 @@ def exact_compress_run(run_dir: str | Path, domain: str = "box:0,1", *, time_lim
         x = ds.x_train[:data_samples]
         witnesses = _inside(x.reshape(len(x), -1), box)
     stable = find_stable_neurons(run.model, box, data=witnesses, time_limit=time_limit, masks=run.masks,
-                                 method=method)
+                                 method=method, progress=progress)
     test = _inside(ds.x_test.reshape(len(ds.x_test), -1), box)
     result = compress(run.model, stable, data=test)
     path = Path(out) if out else Path(run.path) / "compressed.safetensors"

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from prunelab.analysis.affine import AffineLayer
+from prunelab.progress import Meter, track
 from prunelab.analysis.exact.bounds import LayerBounds
 from prunelab.analysis.exact.candidates import Candidates
 from prunelab.analysis.exact.domain import Box
@@ -50,6 +51,7 @@ def prove_by_lp(
     eps: float,
     deadline: float | None,
     threads: int,
+    progress: bool = False,
 ) -> int:
     """The LP relaxation of the big-M model, one LP per open candidate and direction: if even the
     relaxation cannot push ``g`` to ``eps`` (``-eps``), no input can (the "lp" proof; tighter than the
@@ -57,7 +59,7 @@ def prove_by_lp(
     number of LPs solved; what the LPs cannot prove stays open for the MILPs."""
     solves = 0
     models: dict[int, ReluMilp] = {}
-    for k, i, d in state.open_candidates():
+    for k, i, d in track(state.open_candidates(), label="exact: LP proofs", enabled=progress):
         if state.proof[-d][k][i]:
             continue
         left = _remaining_time(deadline)
@@ -83,6 +85,7 @@ def prove_single_milp(
     eps: float,
     deadline: float | None,
     threads: int,
+    progress: bool = False,
 ) -> int:
     """One model for all candidates: find any input that flips at least one of them (the cover row
     ``sum(y) >= 1``, objective ``max sum(y)``, stop at the first solution); verified flips leave the
@@ -96,9 +99,12 @@ def prove_single_milp(
     milp = ReluMilp(layers, bounds, fixed, box, depth, threads=threads)
     ycols = milp.add_flip_indicators(cands, eps)
     solves = 0
+    meter = Meter(len(cands), "exact: candidates settled by the MILP", enabled=progress)
     while True:
         open_idx = [j for j, (k, i, d) in enumerate(cands) if state.is_open(d, k, i)]
+        meter.set(len(cands) - len(open_idx))
         if not open_idx:
+            meter.close()
             return solves
         left = _remaining_time(deadline)
         if left is not None and left <= 0:
@@ -109,6 +115,8 @@ def prove_single_milp(
             for j in open_idx:
                 k, i, d = cands[j]
                 state.proof[d][k][i] = "milp"
+            meter.set(len(cands))
+            meter.close()
             return solves
         if not out.solutions:
             break  # stopped (time limit) without a proof or a flip
@@ -125,6 +133,7 @@ def prove_single_milp(
         done = [j for j in open_idx if not state.is_open(cands[j][2], cands[j][0], cands[j][1])]
         milp.fix_to_zero(ycols[done])
         milp.guide([c for c in cands if state.is_open(c[2], c[0], c[1])])
+    meter.close()
     for k, i, d in cands:
         if state.is_open(d, k, i):
             state.unresolved[d][k][i] = "time_limit"
@@ -140,6 +149,7 @@ def prove_per_unit(
     eps: float,
     deadline: float | None,
     threads: int,
+    progress: bool = False,
 ) -> int:
     """For each open candidate and direction, one MILP: maximise ``g`` subject to ``g >= eps``
     (minimise subject to ``g <= -eps`` for active candidates), stopped at its first feasible point
@@ -148,7 +158,7 @@ def prove_per_unit(
     direction of a unit is proven, its other direction is not asked (the status is decided)."""
     solves = 0
     models: dict[int, ReluMilp] = {}
-    for k, i, d in state.open_candidates():
+    for k, i, d in track(state.open_candidates(), label="exact: per-unit MILPs", enabled=progress):
         if state.proof[-d][k][i]:
             state.witness[d][k][i] = "irrelevant"
             continue

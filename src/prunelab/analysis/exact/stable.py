@@ -207,6 +207,7 @@ def find_stable_neurons(
     lp: bool = True,
     seed: int = 0,
     threads: int = 1,
+    progress: bool = False,
 ) -> StabilityResult:
     """Find the stably active and stably inactive hidden ReLUs of an MLP over the box ``domain``.
 
@@ -248,11 +249,11 @@ def find_stable_neurons(
     t4 = time.perf_counter()
 
     deadline = None if time_limit is None else t4 + float(time_limit)
-    lp_solves = prove_by_lp(state, layers, bounds, fixed, box, float(eps), deadline, threads) if lp else 0
+    lp_solves = prove_by_lp(state, layers, bounds, fixed, box, float(eps), deadline, threads, progress) if lp else 0
     t5 = time.perf_counter()
     milp_candidates = len(state.open_candidates())
     solver = prove_single_milp if method == "single_milp" else prove_per_unit
-    solves = solver(state, layers, bounds, fixed, box, float(eps), deadline, threads)
+    solves = solver(state, layers, bounds, fixed, box, float(eps), deadline, threads, progress)
     t6 = time.perf_counter()
     timings = {
         "witness": (t1 - t0) + (t3 - t2),

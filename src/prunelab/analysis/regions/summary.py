@@ -23,6 +23,7 @@ from prunelab.analysis.regions.count_milp import count_regions_milp
 from prunelab.analysis.regions.count_plane import count_plane
 from prunelab.analysis.regions.patterns import as_points, count_patterns, hidden_affines
 from prunelab.errors import PrunelabError
+from prunelab.progress import track
 
 MODES = ("line", "plane", "exact", "patterns")
 
@@ -36,8 +37,13 @@ def regions_summary(
     samples: int = 10,
     seed: int = 0,
     time_limit: float = 60.0,
+    progress: bool = False,
 ) -> dict:
-    """Count regions of ``model`` on ``inputs`` (N, ...) in one of :data:`MODES`; a flat result row."""
+    """Count regions of ``model`` on ``inputs`` (N, ...) in one of :data:`MODES`; a flat result row.
+
+    ``line``/``plane``: ``samples`` random segments / triangles through the inputs; one drawn twice is
+    counted once (the count is exact, so it is the same). ``progress`` reports on stderr.
+    """
     if mode not in MODES:
         raise PrunelabError(f"unknown region counting mode {mode!r}; valid: {', '.join(MODES)}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -51,14 +57,21 @@ def regions_summary(
     row: dict = {"regions_mode": mode, "regions_inputs": len(x)}
     if mode in ("line", "plane"):
         counts, lower = [], False
-        for _ in range(samples):
-            idx = rng.choice(len(x), size=need, replace=False)
+        draws = [tuple(int(i) for i in rng.choice(len(x), size=need, replace=False)) for _ in range(samples)]
+        # a segment / triangle drawn twice is counted once (with few inputs most draws repeat):
+        # the counts are exact, so a repeat adds the same number, not new work
+        done: dict[tuple[int, ...], tuple[int, bool]] = {}
+        distinct = list(dict.fromkeys(tuple(sorted(d)) for d in draws))
+        for key in track(distinct, len(distinct), f"regions ({mode}s)", enabled=progress):
             if mode == "line":
-                counts.append(count_line(model, x[idx[0]], x[idx[1]], masks).num_regions)
+                done[key] = (count_line(model, x[key[0]], x[key[1]], masks).num_regions, False)
             else:
-                res = count_plane(model, x[idx[0]], x[idx[1]], x[idx[2]], masks)
-                counts.append(res.num_regions)
-                lower |= res.is_lower_bound
+                res = count_plane(model, x[key[0]], x[key[1]], x[key[2]], masks)
+                done[key] = (res.num_regions, res.is_lower_bound)
+        for d in draws:
+            n, low = done[tuple(sorted(d))]
+            counts.append(n)
+            lower |= low
         row.update(
             regions_samples=samples,
             regions_mean=float(np.mean(counts)),
