@@ -62,15 +62,20 @@ def _first_drop(row: Mapping[str, Any]) -> float:
 def _early_claim(rows: Sequence[Mapping[str, Any]], rule: str) -> Claim:
     """Where ``rule`` fired, per (seed, p), as a fraction of the dense training epochs."""
     col = f"ticket.eb_{rule}_epoch"
-    seen: dict[tuple, tuple[float | None, float, float]] = {}
+    best: dict[tuple, tuple[int, tuple[float | None, float, float]]] = {}
     for r in rows:
         if col not in r:
             continue
-        key = (r.get("seed"), r.get("prune.sparsity") if rule == "mask" else None)
-        total = float(r.get("train.epochs") or math.nan)
         epoch = _num(r.get(col))
-        if ticket_of(r) == rule or key not in seen:  # the run that stopped at the rule saw it as well as any
-            seen[key] = (epoch, total, _first_drop(r))
+        # the run whose ticket is this rule, else one that trained to the end; a run that stopped at the
+        # other rule's early bird only counts where it saw this one too
+        rank = 0 if ticket_of(r) == rule else 1 if ticket_of(r) == "trained" else 2
+        if rank == 2 and epoch is None:
+            continue
+        key = (r.get("seed"), r.get("prune.sparsity") if rule == "mask" else None)
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, (epoch, float(r.get("train.epochs") or math.nan), _first_drop(r)))
+    seen = {k: v for k, (_, v) in best.items()}
     if not seen:
         return Claim(f"the {RULES[rule]} comes early", "about epoch 13-15 of 160 (< 10 %)", "not watched",
                      "inconclusive")
@@ -80,7 +85,7 @@ def _early_claim(rows: Sequence[Mapping[str, Any]], rule: str) -> Claim:
     m, lo, hi = mean_ci(fractions)
     epochs = sorted(int(e) for e, _, _ in seen.values() if e is not None)
     total = int(next(iter(seen.values()))[1])
-    ours = (f"epoch {', '.join(map(str, epochs))} of {total} ({100 * m:.0f} %"
+    ours = (f"epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} of {total} ({100 * m:.0f} %"
             + (f", 95% CI {100 * lo:.0f}-{100 * hi:.0f} %" if math.isfinite(lo) else "") + ")"
             if fractions else "never")
     if missing:

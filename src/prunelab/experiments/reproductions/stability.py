@@ -59,9 +59,11 @@ def method_of(row: Mapping[str, Any], mode: str) -> tuple[str, float, str]:
 
 
 def correlation_ci(r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Fisher-z interval of Pearson's r over n pairs; (nan, nan) for n < 4 or |r| = 1 or r = nan."""
-    if n < 4 or not math.isfinite(r) or abs(r) >= 1:
+    """Fisher-z interval of Pearson's r over n pairs; (r, r) when |r| = 1, (nan, nan) for n < 4 or r = nan."""
+    if n < 4 or not math.isfinite(r):
         return math.nan, math.nan
+    if abs(r) >= 1:
+        return r, r
     z, half = math.atanh(r), stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
     return math.tanh(z - half), math.tanh(z + half)
 
@@ -109,7 +111,8 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     acc = [float(r[ACCURACY]) for r in fig2]
     c = stability_correlations(st, acc)
     lo, hi = correlation_ci(c["pearson_r"], n)
-    ours = (f"Pearson r = {c['pearson_r']:.2f} (95% CI {lo:.2f} to {hi:.2f}), Kendall tau = {c['kendall_tau']:.2f} "
+    interval = f"95% CI {lo:.2f} to {hi:.2f}" if math.isfinite(lo) else "no interval below 4 runs"
+    ours = (f"Pearson r = {c['pearson_r']:.2f} ({interval}), Kendall tau = {c['kendall_tau']:.2f} "
             f"(p = {c['kendall_p']:.2g}) over {n} runs" if math.isfinite(c["pearson_r"])
             else f"not computable over {n} run(s)")
     claims.append(Claim("stability and best test accuracy are negatively correlated",
