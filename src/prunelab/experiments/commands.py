@@ -93,6 +93,8 @@ def train_model(model: str, dataset: str, *, model_kwargs: dict[str, Any] | None
     model_kwargs = dict(model_kwargs or {})
     cfg = train if isinstance(train, TrainConfig) else build(TrainConfig, dict(train or {}), "training options")
     device = resolve_device(cfg.device)
+    models.MODELS.canonical(model)  # a misspelt model is an error before the data is read
+    data_mod.DATASETS.canonical(dataset)
     ds = data_mod.load(dataset, root=data_root, val_fraction=val_fraction, seed=cfg.seed,
                        normalize=normalize).to(device)
     seed_everything(cfg.seed)

@@ -457,6 +457,10 @@ def sweep_from_dict(raw: dict[str, Any]) -> SweepConfig:
         elif singular in holder:
             v = holder.pop(singular)
             sweep[plural] = v if isinstance(v, list) else [v]
+        if holder is prune and sweep.get(plural) and isinstance(sweep[plural][0], (str, dict)):
+            # the base run names the sweep's first method, so that its options are checked against a
+            # method the sweep runs (every expanded run is checked against its own)
+            prune[singular] = sweep[plural][0]
     if "grid" in raw:
         sweep["grid"] = {k: _as_list(v) for k, v in raw.pop("grid").items()}
     if "prune" in raw:
