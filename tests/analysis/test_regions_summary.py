@@ -50,3 +50,21 @@ def test_exact_reports_progress_of_its_proofs_when_asked(capsys):
     err = capsys.readouterr().err
     assert quiet.totals() == loud.totals()  # reporting changes nothing
     assert "exact: LP proofs" in err or "exact: per-unit MILPs" in err or loud.milp_candidates == 0
+
+
+def test_masks_of_another_model_are_a_one_line_error():
+    import pytest
+
+    from prunelab.errors import PrunelabError
+    from prunelab.masks import Masks
+
+    a = create("mlp", num_classes=3, input_shape=(4,), widths=[6])
+    b = create("mlp", num_classes=3, input_shape=(4,), widths=[7, 5])
+    with pytest.raises(PrunelabError, match="mask '5.weight' names no parameter of the model"):
+        count_line(a, torch.zeros(4), torch.ones(4), Masks.ones(b))
+    wrong = {"1.weight": torch.ones(7, 4, dtype=torch.bool)}
+    with pytest.raises(PrunelabError, match=r"mask '1.weight' has shape \(7, 4\) but the parameter has shape \(6, 4\)"):
+        count_line(a, torch.zeros(4), torch.ones(4), wrong)
+    extra = {**Masks.ones(a), "bogus.weight": torch.ones(3, dtype=torch.bool)}
+    with pytest.raises(PrunelabError, match="mask 'bogus.weight' names no parameter of the model"):
+        count_line(a, torch.zeros(4), torch.ones(4), extra)

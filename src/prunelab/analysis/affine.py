@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.masks import Masks
 
 _NOOPS = (nn.Identity, nn.Dropout, nn.Flatten)
 
@@ -52,6 +53,8 @@ def mlp_layers(
     ``mlp`` family) is the order of the forward pass. Every Linear but the last must be followed by a
     ReLU; the last must not be.
     """
+    if masks is not None:  # masks of another model are an error, not a silently partial masking
+        (masks if isinstance(masks, Masks) else Masks(masks)).validate(model)
     layers: list[AffineLayer] = []
     pending: nn.Linear | None = None
     pending_name = ""
