@@ -329,3 +329,16 @@ def test_a_write_failure_after_training_is_a_one_line_error_and_the_dense_model_
     monkeypatch.setattr(runner, "save_state_dict", real)
     res = run_sweep(small_sweep(criteria=["magnitude"], sparsities=[0.5]), tmp_path, progress=False)
     assert res.computed == 1
+
+
+def test_stale_tmp_files_of_a_killed_writer_are_removed_on_the_rerun(tmp_path):
+    cfg = small_sweep(criteria=["magnitude"], sparsities=[0.5]).expand()[0]
+    run_dir = tmp_path / "runs" / cfg.run_hash()
+    run_dir.mkdir(parents=True)
+    stale = run_dir / ".model.safetensors.k3j2.tmp"
+    stale.write_bytes(b"half a file")
+    keep = run_dir / "notes.txt"
+    keep.write_text("mine")
+    run_sweep(small_sweep(criteria=["magnitude"], sparsities=[0.5]), tmp_path, progress=False)
+    assert not stale.exists() and keep.read_text() == "mine"
+    assert not list(run_dir.glob(".*.tmp"))

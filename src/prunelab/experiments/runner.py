@@ -192,6 +192,7 @@ def dense_stage(cfg: RunConfig, out_dir: Path, model: nn.Module, ds: Any, init_s
     files = (ddir / "model.safetensors", ddir / f"rewind_{k}.safetensors", ddir / "history.json")
     ddir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ddir / ".lock")):
+        remove_stale_tmp_files(ddir)
         if all(f.exists() for f in files):
             return DenseStage(load_file(str(files[0])), load_file(str(files[1])), json.loads(files[2].read_text()))
         model.load_state_dict(init_state)
@@ -219,6 +220,16 @@ def ensure_dense(cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,
         model = build_model(cfg, ds).to(device)
         dense_stage(cfg, out_dir, model, ds, _cpu_state(model), progress=progress)
     return cfg.dense_hash()
+
+
+def remove_stale_tmp_files(folder: Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an atomic write left when its process was killed.
+
+    Called with the folder's lock held, so no live writer of this folder can own them."""
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def result_path(out_dir: str | Path, cfg: RunConfig) -> Path:
@@ -250,6 +261,7 @@ def run_one(
     with FileLock(str(path.parent / ".lock")):
         if not force and (row := read_result(path)) is not None:  # another process finished it meanwhile
             return row, False
+        remove_stale_tmp_files(path.parent)
         try:
             with torch_threads(cfg.resources.cpus):
                 row = _compute(cfg, out_dir, path.parent, progress=progress, data_cache=data_cache or DataCache())
