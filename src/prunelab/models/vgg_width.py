@@ -34,7 +34,11 @@ def scaled_config(depth: int, width: float) -> list[int | str]:
 @MODELS.register("vgg_scaled")
 def vgg_scaled(num_classes: int, input_shape: tuple[int, ...], *, depth: int = 11, width: float = 1.0,
                batch_norm: bool = True) -> VGG:
-    """VGG-``depth`` (11, 13, 16 or 19) with conv widths multiplied by ``width`` (e.g. 0.25: 16..128)."""
+    """VGG-``depth`` (11, 13, 16 or 19; Simonyan & Zisserman 2015) with conv widths multiplied by ``width``.
+
+    Parameters: those of ``vgg<depth>`` at ``width=1`` (VGG-11-BN on CIFAR-10: 9,231,114), about
+    ``width**2`` times as many otherwise (VGG-11-BN at 0.25: 579,786; VGG-16-BN at 0.125: 232,274).
+    """
     name = f"vgg_scaled(depth={depth}, width={width})"
     channels, _, _ = require_image(name, input_shape, MIN_SIZE, "five 2x2 max-pools")
     bn = require_bool(batch_norm, f"{name} batch_norm")
