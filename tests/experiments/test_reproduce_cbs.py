@@ -1,0 +1,142 @@
+"""Reproduction ``cbs`` (Yu et al. 2022, Combinatorial Brain Surgeon): its sweeps, its report on
+hand-made rows, and ``prunelab reproduce cbs --quick`` end to end on the shared MNIST."""
+
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from prunelab.experiments.reproductions import load
+from prunelab.experiments.reproductions.cbs import method_of, options_of, report
+from prunelab.pruning.second_order import CBSOptions, FisherOptions
+from prunelab.report.tables import read_csv
+
+REPO = Path(__file__).resolve().parents[2]
+GRID = [("magnitude", None), ("woodfisher", "auto"), ("cbs", None), ("magnitude", "cbs"), ("cbs", "auto")]
+
+
+def shared_data_dir() -> Path:
+    """As tests/data/conftest.py: env PRUNELAB_SHARED_DATA, default <repo>/../shared/data."""
+    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.mark.parametrize("mode, seeds, sparsities", [("quick", 1, 2), ("default", 5, 7), ("full", 5, 7)])
+def test_each_mode_loads_and_expands(mode, seeds, sparsities):
+    cfgs = load("cbs", mode, {"data_root": "/nowhere"}).expand()
+    assert len(cfgs) == 5 * seeds * sparsities
+    assert len({c.seed for c in cfgs}) == seeds and len({c.prune.sparsity for c in cfgs}) == sparsities
+    assert {(c.prune.criterion, c.prune.update) for c in cfgs} == set(GRID)
+    assert {method_of({"prune.criterion": c.prune.criterion, "prune.update": c.prune.update}) for c in cfgs} == {
+        "MP", "WF", "CBS-S", "MP+CBS-U", "CBS"}
+    for c in cfgs:  # one-shot, no fine-tuning, global, MLPNet on MNIST
+        assert (c.dataset, c.model, c.prune.schedule, c.prune.allocation) == ("mnist", "mlpnet", "oneshot", "global")
+        assert c.prune.schedule_settings().finetune is False
+        assert c.data_root == "/nowhere"
+    second = [c for c in cfgs if c.prune.criterion != "magnitude" or c.prune.update == "cbs"]
+    n = {"quick": 250, "default": 4000, "full": 10000}[mode]
+    # options are stored without their defaults (damping 1e-3, block_size 1000, 100 passes, 5 inits)
+    assert {c.prune.options.get("fisher_samples") for c in second} == {n}
+    assert all(c.prune.data_samples >= n for c in second)
+    if mode == "full":
+        assert all(c.prune.options.get("full") is True for c in second)
+    if mode == "quick":
+        assert {c.prune.options.get("cbs_passes") for c in cfgs if c.prune.criterion == "cbs"} == {5}
+
+
+def test_default_is_the_old_scripts_default():
+    cfgs = load("cbs", "default").expand()
+    c = next(c for c in cfgs if c.prune.criterion == "cbs")
+    assert sorted({x.prune.sparsity for x in cfgs}) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
+    assert (c.train.lr, c.train.momentum, c.train.batch_size, c.train.epochs) == (1e-3, 0.5, 64, 14)
+    # the rest of the script's settings are the option defaults, so they are not stored
+    assert c.prune.options == {"fisher_samples": 4000}
+    fisher, search = FisherOptions(), CBSOptions()
+    assert (fisher.damping, fisher.block_size, fisher.full, search.passes, search.inits, search.selection) == (
+        1e-3, 1000, False, 100, 5, "auto")
+
+
+def _row(method: str, sparsity: float, seed: int, acc: float) -> dict:
+    crit, upd = dict(zip(["MP", "WF", "CBS-S", "MP+CBS-U", "CBS"], GRID))[method]
+    return {"prune.criterion": crit, "prune.update": "" if upd is None else upd, "prune.sparsity": sparsity,
+            "seed": seed, "test_accuracy": acc, "dense_test_accuracy": 0.94,
+            "prune.options": "" if crit == "magnitude" and upd is None else "fisher_samples=4000"}
+
+
+def hand_rows() -> list[dict]:
+    """At 0.9 (3 seeds), differences in percentage points:
+    WF - MP = 2, 2.1, 1.9 (mean 2, sd 0.1): interval 2 -+ 4.303 * 0.1 / sqrt 3 = [1.752, 2.248] > 0;
+    CBS-S - WF = -2, -2.1, -1.9: [-2.248, -1.752] < 0;
+    CBS - WF = 1, 2, 3 (sd 1): [2 - 2.484, 2 + 2.484] contains 0;
+    CBS - CBS-S = 3, 4.1, 4.9 (mean 4, sd 0.954): [1.630, 6.370] > 0.
+    At 0.5 every order is reversed (WF 10 pp below MP): the claims must not look there."""
+    mp = [0.80, 0.80, 0.80]
+    wf = [0.82, 0.821, 0.819]
+    cbss = [0.80, 0.80, 0.80]
+    cbs = [0.83, 0.841, 0.849]
+    rows = []
+    for s in range(3):
+        rows += [_row("MP", 0.9, s, mp[s]), _row("WF", 0.9, s, wf[s]), _row("CBS-S", 0.9, s, cbss[s]),
+                 _row("CBS", 0.9, s, cbs[s]), _row("MP+CBS-U", 0.9, s, 0.81)]
+        rows += [_row("MP", 0.5, s, 0.93), _row("WF", 0.5, s, 0.83), _row("CBS-S", 0.5, s, 0.95),
+                 _row("CBS", 0.5, s, 0.80)]
+    return rows
+
+
+def test_report_on_hand_made_rows():
+    rep = report(hand_rows(), "default")
+    verdicts = {c.claim: c.verdict for c in rep.claims}
+    assert verdicts == {
+        "WoodFisher beats magnitude pruning": "reproduced",
+        "CBS selection alone beats WoodFisher": "not reproduced",
+        "CBS beats WoodFisher": "inconclusive",
+        "CBS-U adds to CBS-S (CBS > CBS-S)": "reproduced",
+    }
+    first = rep.claims[0]
+    assert "0.9: +2.00 [+1.75, +2.25]" in first.ours and "0.5" not in first.ours
+    assert first.paper == "WF - MP (pp) 0.9: +1.39"  # Table 1: 91.69 - 90.30
+    assert "0.9: +4.00 [+1.63, +6.37]" in rep.claims[3].ours
+    assert "+2.00 [-0.48, +4.48]" in rep.claims[2].ours
+    table = {(r["sparsity"], r["method"]): r for r in rep.rows}
+    assert table[("0.9", "WF")]["ours %"] == "82.00 ± 0.10" and table[("0.9", "WF")]["paper %"] == "91.69"
+    assert table[("0.9", "MP+CBS-U")]["paper %"] == "—" and table[("0.9", "MP")]["n"] == 3
+    assert "3 seed(s)" in rep.setting and "dense 94.00%" in rep.setting and "N = 4000" in rep.setting
+
+
+def test_report_one_seed_is_inconclusive_and_quick_is_a_smoke_run():
+    rows = [r for r in hand_rows() if r["seed"] == 0]
+    assert {c.verdict for c in report(rows, "default").claims} == {"inconclusive"}
+    assert {c.verdict for c in report(hand_rows(), "quick").claims} == {"smoke run"}
+
+
+def test_method_names_and_options_from_csv_cells():
+    assert method_of({"prune.criterion": "magnitude", "prune.update": None}) == "MP"
+    assert method_of({"prune.criterion": "cbs", "prune.update": float("nan")}) == "CBS-S"
+    assert method_of({"prune.criterion": "woodfisher", "prune.update": "auto"}) == "WF"
+    assert method_of({"prune.criterion": "snip", "prune.update": "obs"}) == "snip+obs"
+    assert options_of({"prune.options": "block_size=250;fisher_samples=500"}) == {"block_size": "250",
+                                                                                  "fisher_samples": "500"}
+    assert options_of({"prune.options": ""}) == {} and options_of({}) == {}
+
+
+def test_quick_end_to_end_through_the_cli(tmp_path):
+    data = shared_data_dir()
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"shared data folder {data} has no mnist/ (set PRUNELAB_SHARED_DATA)")
+    from prunelab.cli import main
+
+    t, cpu = time.perf_counter(), time.process_time()
+    res = CliRunner().invoke(main, ["reproduce", "cbs", "--quick", "--data-root", str(data), "--out",
+                                    str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
+    assert res.exit_code == 0, res.output
+    assert "smoke run" in res.output and "10 run(s) computed" in res.output
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 10 and all(0.0 < r["test_accuracy"] <= 1.0 for r in rows)
+    assert all(not math.isnan(r["dense_test_accuracy"]) for r in rows)
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# Combinatorial Brain Surgeon")
+    # < 30 s of this process' CPU time (about 10 s on one core); the wall clock only loosely, as the
+    # cores of a shared machine may be busy
+    assert cpu < 30 and elapsed < 90, f"quick mode took {cpu:.1f} s CPU, {elapsed:.1f} s wall"
