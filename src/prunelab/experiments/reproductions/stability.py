@@ -79,10 +79,10 @@ def _sign_verdict(low: float, high: float, expect_positive: bool) -> str:
     return "inconclusive"
 
 
-def _fmt_ci(m: float, low: float, high: float, digits: int = 2, scale: float = 1.0) -> str:
+def _fmt_ci(m: float, low: float, high: float, digits: int = 2, scale: float = 1.0, unit: str = "points") -> str:
     if not math.isfinite(low):
-        return f"{scale * m:+.{digits}f} (no interval)"
-    return f"{scale * m:+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+        return f"{scale * m:+.{digits}f} {unit} (no interval)"
+    return f"{scale * m:+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}] {unit}"
 
 
 def _paired(rows: Sequence[Mapping[str, Any]], a: str, b: str, column: str) -> list[float]:
@@ -123,14 +123,14 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     m, lo, hi = mean_ci(d_acc)
     claims.append(Claim(f"the least stable method generalises best: {l_large} > {s_small}",
                         "Prune_L 13% has the highest, Prune_S 1% the lowest accuracy of the pruned runs (Fig. 2)",
-                        f"accuracy difference {_fmt_ci(m, lo, hi, 2, 100)} points over {len(d_acc)} seed(s)",
+                        f"accuracy difference {_fmt_ci(m, lo, hi, 2, 100)} over {len(d_acc)} seed(s)",
                         _sign_verdict(lo, hi, expect_positive=True)))
 
     d_st = _paired(labelled, s_small, l_large, STABILITY)
     m, lo, hi = mean_ci(d_st)
     claims.append(Claim(f"premise: {s_small} is more stable than {l_large}",
                         "Prune_S 1% the most, Prune_L 13% the least stable (Fig. 2)",
-                        f"stability difference {_fmt_ci(m, lo, hi, 2)} points over {len(d_st)} seed(s)",
+                        f"stability difference {_fmt_ci(m, lo, hi, 2)} over {len(d_st)} seed(s)",
                         _sign_verdict(lo, hi, expect_positive=True)))
 
     if mode == "quick":
