@@ -22,28 +22,34 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from prunelab.errors import PrunelabError
+from prunelab.models.adapters import is_conv1d, is_transformers_model
 from prunelab.utils import atomic_write_bytes
 
 #: Module types whose ``weight`` is prunable unless the caller says otherwise (never biases, never BN).
+#: ``transformers.Conv1D`` (GPT-2's Linear with a transposed weight) counts as an ``nn.Linear``
+#: everywhere; it is recognised by duck typing (:func:`prunelab.models.adapters.is_conv1d`), so
+#: ``transformers`` need not be installed.
 DEFAULT_PRUNABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ORDER_KEY = "prunelab_order"  # safetensors metadata entry holding the layer order
 
 
-def _check_include(include: Any) -> tuple[type[nn.Module], ...]:
+def _check_include(include: Any) -> tuple[tuple[type[nn.Module], ...] | None, tuple[str, ...]]:
+    """(module types or None for the default set, fnmatch patterns of names to add)."""
     if include is None:
-        return DEFAULT_PRUNABLE
-    if isinstance(include, type):
+        return None, ()
+    if isinstance(include, (type, str)):
         include = (include,)
     if (
         not isinstance(include, (tuple, list))
         or not include
-        or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in include)
+        or not all((isinstance(t, type) and issubclass(t, nn.Module)) or isinstance(t, str) for t in include)
     ):
         raise PrunelabError(
-            f"include must be a non-empty tuple of nn.Module subclasses (e.g. (nn.Linear, nn.Conv2d)), "
-            f"got {include!r}"
+            f"include must be a non-empty tuple of nn.Module subclasses (e.g. (nn.Linear, nn.Conv2d)) and/or "
+            f"fnmatch patterns of module or weight names (e.g. ('lm_head', '*.wte')), got {include!r}"
         )
-    return tuple(include)
+    types_ = tuple(t for t in include if isinstance(t, type))
+    return (types_ or None), tuple(t for t in include if isinstance(t, str))
 
 
 def _check_exclude(exclude: Any) -> tuple[str, ...]:
@@ -63,46 +69,94 @@ def _is_torch_pruned(module: nn.Module, name: str = "weight") -> bool:
     return hasattr(module, f"{name}_orig") and hasattr(module, f"{name}_mask")
 
 
+def _of_types(module: nn.Module, types_: tuple[type[nn.Module], ...]) -> bool:
+    """``isinstance`` with ``transformers.Conv1D`` counted as an ``nn.Linear``."""
+    if isinstance(module, types_):
+        return True
+    return any(issubclass(nn.Linear, t) for t in types_) and is_conv1d(module)
+
+
+def _block_lists(model: nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and name}
+
+
+def _in_block(mod_name: str, lists: set[str]) -> bool:
+    """Whether module ``mod_name`` lies inside one of the ``nn.ModuleList`` s named in ``lists``."""
+    parts = mod_name.split(".")
+    return any(".".join(parts[:i]) in lists for i in range(1, len(parts)))
+
+
 def prunable_modules(
     model: nn.Module,
-    include: tuple[type[nn.Module], ...] | None = None,
+    include: tuple[type[nn.Module] | str, ...] | None = None,
     exclude: tuple[str, ...] = (),
 ) -> dict[str, nn.Module]:
     """Parameter name -> the module owning that prunable ``weight``, in registration order.
 
-    ``include`` picks module types (default :data:`DEFAULT_PRUNABLE`); ``exclude`` drops any layer whose
-    module name or parameter name matches one of the fnmatch patterns (``"fc*"`` drops ``fc1.weight``).
-    A weight shared by several modules is listed once, under the name ``named_parameters`` gives it.
+    ``include`` picks module types (default :data:`DEFAULT_PRUNABLE`, ``transformers.Conv1D``
+    counting as ``nn.Linear``) and may add weights by fnmatch patterns of module or weight names
+    (``include=("lm_head",)`` adds the head to the default set; a pattern that matches nothing is an
+    error); ``exclude`` drops any layer whose module name or parameter name matches one of the fnmatch
+    patterns (``"fc*"`` drops ``fc1.weight``).
+
+    For a ``transformers`` model the default set is the Linear-like projections inside its stack of
+    blocks (the ``nn.ModuleList`` of layers: attention and MLP projections); embeddings, poolers,
+    classifier and LM heads, and a ViT's patch projection are left out (add them by pattern).
+
+    A weight shared by several modules (tied embeddings and LM head) is listed once, under the name
+    ``named_parameters`` gives it (``transformer.wte.weight`` for GPT-2's tied ``lm_head``); it is
+    prunable if one of its modules is, and excluded if any of its names matches ``exclude``.
     """
     if not isinstance(model, nn.Module):
         raise PrunelabError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    types_ = _check_include(include)
+    types_, add = _check_include(include)
     patterns = _check_exclude(exclude)
-    out: dict[str, nn.Module] = {}
-    seen: set[int] = set()
+    transformers_default = types_ is None and is_transformers_model(model)
+    lists = _block_lists(model) if transformers_default else set()
+    canonical: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        canonical.setdefault(id(p), name)
+    chosen: dict[int, tuple[str, nn.Module]] = {}
+    aliases: dict[int, set[str]] = {}
+    matched: set[str] = set()
     for mod_name, module in model.named_modules():
-        if not isinstance(module, types_):
-            continue
-        if _is_torch_pruned(module):
+        param_name = f"{mod_name}.weight" if mod_name else "weight"
+        if types_ is None:
+            by_type = _of_types(module, DEFAULT_PRUNABLE) and (not transformers_default or _in_block(mod_name, lists))
+        else:
+            by_type = _of_types(module, types_)
+        weight = module._parameters.get("weight")
+        names = (mod_name, param_name, canonical.get(id(weight), param_name))
+        hits = {p for p in add for n in names if fnmatch.fnmatchcase(n, p)}
+        if (by_type or hits) and _is_torch_pruned(module):
             raise PrunelabError(
                 f"module {mod_name!r} carries a torch.nn.utils.prune reparametrisation; call "
                 "prunelab.pruning.from_torch_prune(model) to read its masks and "
                 "prunelab.pruning.make_permanent(model) before using prunelab masks"
             )
-        weight = module._parameters.get("weight")
-        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+        if not isinstance(weight, nn.Parameter):
             continue
-        param_name = f"{mod_name}.weight" if mod_name else "weight"
-        if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (mod_name, param_name)):
+        matched |= hits
+        aliases.setdefault(id(weight), set()).update(names)
+        if (by_type or hits) and id(weight) not in chosen:
+            chosen[id(weight)] = (canonical.get(id(weight), param_name), module)
+    unmatched = [p for p in add if p not in matched]
+    if unmatched:
+        raise PrunelabError(
+            f"include pattern {unmatched[0]!r} matches no module or weight of {type(model).__name__}; give module "
+            "types as classes (nn.Linear) and patterns as names (e.g. 'lm_head', '*.wte', 'fc1.weight')"
+        )
+    out: dict[str, nn.Module] = {}
+    for key, (name, module) in chosen.items():
+        if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in aliases[key]):
             continue
-        seen.add(id(weight))
-        out[param_name] = module
+        out[name] = module
     return out
 
 
 def prunable_parameters(
     model: nn.Module,
-    include: tuple[type[nn.Module], ...] | None = None,
+    include: tuple[type[nn.Module] | str, ...] | None = None,
     exclude: tuple[str, ...] = (),
 ) -> dict[str, nn.Parameter]:
     """Parameter name -> prunable weight (see :func:`prunable_modules` for ``include``/``exclude``)."""
@@ -142,7 +196,7 @@ class Masks(Mapping[str, torch.Tensor]):
     def ones(
         cls,
         model: nn.Module,
-        include: tuple[type[nn.Module], ...] | None = None,
+        include: tuple[type[nn.Module] | str, ...] | None = None,
         exclude: tuple[str, ...] = (),
     ) -> "Masks":
         """All-kept masks for every prunable weight (see :func:`prunable_modules`)."""
@@ -153,7 +207,7 @@ class Masks(Mapping[str, torch.Tensor]):
     def from_weights(
         cls,
         model: nn.Module,
-        include: tuple[type[nn.Module], ...] | None = None,
+        include: tuple[type[nn.Module] | str, ...] | None = None,
         exclude: tuple[str, ...] = (),
     ) -> "Masks":
         """Masks of the non-zero prunable weights (e.g. of a pruned checkpoint saved without masks)."""

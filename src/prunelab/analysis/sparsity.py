@@ -6,14 +6,26 @@ as dense except the pruned weights, so ``compression = dense / non-zero`` is the
 compression ratio; the per-layer rows count the layer's weight tensor only.
 
 FLOPs are multiply-accumulates for one input, measured by forward hooks on a dummy batch of one:
-Linear ``in * out`` per output row, Conv ``(weight numel) * output positions`` (the kernel MACs per
-output position times the positions, groups included); the sparse count uses the kept weights instead
-of all weights. Only Linear and Conv layers are counted (the layers that dominate and that pruning
-changes); layers that are not masked count the same dense and sparse.
+Linear (and ``transformers.Conv1D``, a Linear with a transposed weight) ``in * out`` per output row,
+Conv ``(weight numel) * output positions`` (the kernel MACs per output position times the positions,
+groups included); the sparse count uses the kept weights instead of all weights. Only Linear and Conv
+layers are counted (the layers that dominate and that pruning changes; attention's score and value
+products and embedding lookups are not); layers that are not masked count the same dense and sparse.
+The dummy input comes from the model's adapter (:mod:`prunelab.models.adapters`): zeros of
+``(1, *input_shape)`` for plain models; for token models ``input_shape = (T,)`` is the sequence
+length, the input one sequence of T token ids (the decoder too gets T tokens), and T defaults to the
+config's context length (``max_position_embeddings`` / ``n_positions``); a ViT's default is its
+configured image size.
+
+A weight tied to several modules (an LM head sharing the embedding matrix) is one parameter: it is
+counted once in ``params`` and ``nonzero`` (``model.parameters()`` lists it once) and carries one mask
+under its ``named_parameters`` name; each module using it still counts its own MACs.
 
 Effective sparsity (Vysogorets & Kempe, JMLR 2023) is filled in through
 ``prunelab.analysis.effective.effective_masks`` when that module is importable and supports the model;
-otherwise the effective fields are None and ``effective_note`` says why.
+otherwise the effective fields are None and ``effective_note`` says why (models that are not plain
+tensor models, e.g. ``transformers`` models, are not analysed: the connectivity analysis feeds the
+model a tensor of ones).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from torch import nn
 from prunelab.analysis.effective import effective_masks
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
+from prunelab.models.adapters import ModelAdapter, TensorAdapter, adapter_for, check_adapter, is_conv1d
 from prunelab.report.tables import Col, compact_count, fit_table, fixed, ratio, write_csv
 from prunelab.utils import compression_ratio, eval_mode
 
@@ -176,10 +189,15 @@ def _count(value: Any) -> str:
     return "" if value == "" else compact_count(value)
 
 
-def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None = None) -> tuple[int, ...] | None:
-    """``input_shape``, else ``model.input_shape``, else an MLP's fan-in, else None (no batch dim)."""
+def resolve_input_shape(
+    model: nn.Module, input_shape: Sequence[int] | None = None, adapter: ModelAdapter | None = None
+) -> tuple[int, ...] | None:
+    """``input_shape``, else ``model.input_shape``, else an MLP's fan-in (plain models) or the
+    adapter's default (other models: ``adapter.default_input_shape``), else None (no batch dim)."""
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
-    if shape is None:  # an MLP whose first layer is Linear: its fan-in is the input size
+    if shape is None and adapter is not None and type(adapter) is not TensorAdapter:
+        shape = adapter.default_input_shape(model)
+    elif shape is None:  # an MLP whose first layer is Linear: its fan-in is the input size
         leaves = [m for m in model.modules() if not list(m.children())]
         leaves = [m for m in leaves if not isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout))]
         if leaves and isinstance(leaves[0], nn.Linear):
@@ -194,22 +212,31 @@ def resolve_input_shape(model: nn.Module, input_shape: Sequence[int] | None = No
 
 
 def count_flops(
-    model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Sequence[int]
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    input_shape: Sequence[int],
+    adapter: ModelAdapter | None = None,
 ) -> dict[str, tuple[int, int]]:
-    """Module name -> (dense MACs, sparse MACs) of every Linear/Conv for one input of ``input_shape``.
+    """Module name -> (dense MACs, sparse MACs) of every Linear/Conv1D/Conv for one input of
+    ``input_shape`` (the ``adapter``'s dummy input; default :func:`adapter_for` the model).
 
-    A module called several times in one forward pass accumulates over the calls.
+    A module called several times in one forward pass accumulates over the calls. A module whose
+    weight is tied to another's reads the mask stored under the weight's ``named_parameters`` name.
     """
+    adapter = adapter_for(model) if adapter is None else check_adapter(adapter)
     kept = {name: int(torch.count_nonzero(m)) for name, m in masks.items()}
+    canonical: dict[int, str] = {}
+    for pname, p in model.named_parameters():
+        canonical.setdefault(id(p), pname)
     counts: dict[str, list[int]] = {}
     handles = []
 
     def hook(name: str, module: nn.Module):
-        key = f"{name}.weight" if name else "weight"
+        key = canonical.get(id(module.weight), f"{name}.weight" if name else "weight")
 
         def count(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             weight = mod.weight
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, nn.Linear) or is_conv1d(mod):
                 positions = output.numel() // output.shape[-1]  # rows the weight is applied to
             else:
                 positions = output[0, 0].numel()  # output positions per channel, batch of one
@@ -222,14 +249,15 @@ def count_flops(
         return count
 
     for name, module in model.named_modules():
-        if isinstance(module, _COUNTED) and isinstance(getattr(module, "weight", None), torch.Tensor):
+        if (isinstance(module, _COUNTED) or is_conv1d(module)) and isinstance(getattr(module, "weight", None), torch.Tensor):
             handles.append(module.register_forward_hook(hook(name, module)))
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     try:
+        args, kwargs = adapter.dummy_input(model, tuple(input_shape), dtype=dtype, device=device)
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+            model(*args, **kwargs)
     except PrunelabError:
         raise
     except Exception as exc:  # a shape mismatch deep in torch: say which input shape was tried
@@ -256,19 +284,37 @@ def sparsity_report(
     input_shape: Sequence[int] | None = None,
     *,
     effective: bool = True,
+    adapter: ModelAdapter | None = None,
 ) -> SparsityReport:
     """Per-layer and total parameters, sparsity, compression, FLOPs and effective sparsity.
 
     ``masks`` default to the non-zero pattern of the prunable weights; ``input_shape`` (no batch
-    dim) defaults to ``model.input_shape``; without either, FLOPs are None. ``effective=False``
-    skips the effective-sparsity analysis.
+    dim; (T,) for token models) defaults to ``model.input_shape``, else the adapter's default (see
+    the module docstring); without one, FLOPs are None. ``effective=False`` skips the
+    effective-sparsity analysis. ``adapter`` (default :func:`adapter_for` the model) makes the dummy
+    input of the FLOP count.
     """
+    adapter = adapter_for(model) if adapter is None else check_adapter(adapter)
     masks = Masks.from_weights(model) if masks is None else masks if isinstance(masks, Masks) else Masks(masks)
     masks.validate(model)
-    shape = resolve_input_shape(model, input_shape)
+    shape = resolve_input_shape(model, input_shape, adapter)
     modules = dict(model.named_modules())
-    flops = count_flops(model, masks, shape) if shape is not None else None
-    eff, note = _effective(model, masks, shape) if effective else (None, "not requested")
+    flops = count_flops(model, masks, shape, adapter) if shape is not None else None
+    if not effective:
+        eff, note = None, "not requested"
+    elif type(adapter) is not TensorAdapter:
+        eff, note = None, (f"effective sparsity not computed: the connectivity analysis takes plain tensor models, "
+                           f"not {type(model).__name__} ({adapter.name} adapter)")
+    else:
+        eff, note = _effective(model, masks, shape)
+
+    flops_of: dict[str, list[int]] = {}  # mask name -> MACs of every module using that weight (tied: several)
+    canonical = {id(p): n for n, p in reversed(list(model.named_parameters()))}
+    for mod_name, (dense, sparse) in (flops or {}).items():
+        key = canonical.get(id(getattr(modules.get(mod_name), "weight", None)), f"{mod_name}.weight")
+        total = flops_of.setdefault(key, [0, 0])
+        total[0] += dense
+        total[1] += sparse
 
     layers: list[LayerSparsity] = []
     for name, mask in masks.items():
@@ -283,8 +329,8 @@ def sparsity_report(
             sparsity=1.0 - kept / params if params else 0.0,
             compression=compression_ratio(params, kept),
         )
-        if flops is not None and mod_name in flops:
-            row.flops_dense, row.flops_sparse = flops[mod_name]
+        if name in flops_of:
+            row.flops_dense, row.flops_sparse = flops_of[name]
         if eff is not None and name in eff:
             eff_kept = int(torch.count_nonzero(eff[name]))
             row.effective_sparsity = 1.0 - eff_kept / params if params else 0.0

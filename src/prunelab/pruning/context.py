@@ -14,8 +14,16 @@ remaining weights in place (OBS, CBS-U). A criterion may name its default update
 
 A criterion or update that reads ``ctx.batches`` says so with ``fn.needs_data = True`` (see
 :func:`needs_data`): ``prunelab.prune`` then refuses to run it without data, before any work is done.
-Data itself is checked once, up front, by :func:`as_batches` (structure, x/y lengths, empty batches,
-non-finite inputs) and :func:`check_data` (one probe forward pass: input shape, label dtype and range).
+Data itself is checked once, up front, by :func:`prepare_batches`: for plain models
+:func:`as_batches` (structure, x/y lengths, empty batches, non-finite inputs) and :func:`check_data`
+(one probe forward pass: input shape, label dtype and range); for other models the model adapter's
+``batches`` and ``check`` (:mod:`prunelab.models.adapters`).
+
+A criterion runs the model only through its adapter, ``ctx.adapter_for(model)``
+(:class:`prunelab.models.adapters.ModelAdapter`): ``adapter.loss(model, batch, params)`` is the loss
+of one batch with ``params`` substituted, ``adapter.forward`` its logits. For plain models the adapter
+is a :class:`~prunelab.models.adapters.TensorAdapter` around ``ctx.loss_fn`` and does exactly what
+``ctx.loss_fn(functional_call(model, params, (x,)), y)`` did.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from prunelab.errors import PrunelabError, validation_error
+from prunelab.models.adapters import ModelAdapter, TensorAdapter, adapter_for, logits_of
 from prunelab.registry import Registry
 from prunelab.utils import eval_mode
 
@@ -99,9 +108,12 @@ class ScoreContext:
     """Everything a criterion may need besides the model and masks.
 
     ``batches`` is a list of (inputs, targets) pairs already on ``device`` (None for data-free
-    criteria); ``loss_fn`` maps (outputs, targets) to a scalar; ``options`` carries
-    criterion-specific settings (e.g. ``{"iterations": 100}`` for SynFlow, Fisher damping for
-    WoodFisher), each criterion documenting the keys it reads.
+    criteria): tensors for plain models, dicts of tensors as inputs for ``transformers`` models;
+    ``loss_fn`` maps (outputs, targets) to a scalar (plain models); ``adapter`` says how to call the
+    model and what its loss is (None: :func:`prunelab.models.adapters.adapter_for` the model, with
+    ``loss_fn``; see :meth:`adapter_for`); ``input_shape`` is the per-sample input shape ((T,) for
+    token models); ``options`` carries criterion-specific settings (e.g. ``{"iterations": 100}``
+    for SynFlow, Fisher damping for WoodFisher), each criterion documenting the keys it reads.
     """
 
     batches: list[Batch] | None = None
@@ -110,12 +122,19 @@ class ScoreContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     input_shape: tuple[int, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    adapter: ModelAdapter | None = None
+
+    def adapter_for(self, model: nn.Module) -> ModelAdapter:
+        """The adapter criteria run ``model`` through: ``self.adapter``, else the built-in one for
+        ``model`` (:class:`~prunelab.models.adapters.TensorAdapter` around ``loss_fn`` for plain models)."""
+        return self.adapter if self.adapter is not None else adapter_for(model, self.loss_fn)
 
     def require_data(self, who: str) -> list[Batch]:
         """The batches, or a clear error saying that criterion ``who`` needs data (none, or 0 samples)."""
         if not self.batches:
             raise PrunelabError(no_data_message(who))
-        if all(int(x.shape[0]) == 0 for x, _ in self.batches):
+        size = self.adapter.batch_size if self.adapter is not None else (lambda b: int(b[0].shape[0]))
+        if all(size(b) == 0 for b in self.batches):
             raise PrunelabError(zero_samples_message(who))
         return self.batches
 
@@ -245,6 +264,11 @@ def check_data(
         raise PrunelabError(_forward_failure(model, batches[0][0], input_shape, exc)) from None
     if not class_labels:
         return batches
+    if not isinstance(out, torch.Tensor):  # a dict / ModelOutput / tuple: the loss sees its logits
+        try:
+            out = logits_of(out)
+        except PrunelabError:
+            pass
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PrunelabError(
@@ -279,6 +303,29 @@ def check_data(
             f"got labels from {lo} to {hi}"
         )
     return fixed
+
+
+def prepare_batches(
+    adapter: ModelAdapter,
+    model: nn.Module,
+    data: Any,
+    device: torch.device | str = "cpu",
+    *,
+    who: str | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> list[Any] | None:
+    """``data`` checked and normalised once for ``model``: :func:`as_batches` then :func:`check_data`
+    for a plain :class:`~prunelab.models.adapters.TensorAdapter` (labels checked with the default
+    loss only), the adapter's ``batches`` then ``check`` for any other adapter."""
+    if type(adapter) is TensorAdapter:
+        batches = as_batches(data, device, who=who)
+        if batches is None:
+            return None
+        return check_data(model, batches, input_shape=input_shape, class_labels=not adapter.custom_loss)
+    batches = adapter.batches(data, device, who=who)
+    if batches is None:
+        return None
+    return adapter.check(model, batches)
 
 
 def _forward_failure(model: nn.Module, x: torch.Tensor, input_shape: Sequence[int] | None, exc: BaseException) -> str:

@@ -13,12 +13,18 @@ Choices the papers leave open, made once for all criteria here:
   ``ctx.options["train_mode"] = True`` uses batch statistics instead; BatchNorm buffers are then
   restored afterwards, so scoring never changes the model.
 * Several batches: gradients are those of the *sum* of the per-batch losses (each a batch mean).
+* Models: every criterion runs the model through ``ctx.adapter_for(model)``
+  (:mod:`prunelab.models.adapters`), so ``transformers`` models (dict batches of token ids,
+  ``ModelOutput`` outputs, next-token loss for causal LMs) are scored like the zoo's; for plain models
+  the adapter computes exactly ``ctx.loss_fn(model(x), y)``.
+* Train mode (``train_mode=True``) runs dropout: its masks are drawn from ``ctx.seed`` inside a forked
+  RNG, so scores are reproducible and the global RNG state is left as it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from pydantic import Field
@@ -26,6 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
+from prunelab.models.adapters import UnsupportedAdapter, differentiable_twice
 from prunelab.pruning.context import CRITERIA, CriterionOptions, GradientOptions, ScoreContext
 from prunelab.utils import eval_mode
 
@@ -50,9 +57,22 @@ def masked_weights(
 
 @contextmanager
 def scoring_mode(model: nn.Module, ctx: ScoreContext) -> Iterator[None]:
-    """Eval mode by default (``ctx.options["train_mode"]`` for train mode); restores mode and buffers."""
+    """Eval mode by default (``ctx.options["train_mode"]`` for train mode); restores mode and buffers.
+
+    In train mode, dropout draws from a generator seeded with ``ctx.seed`` inside a forked RNG (the
+    caller's global RNG state is restored afterwards)."""
     train = bool(ctx.options.get("train_mode", False))
-    with eval_mode(model, training=train, restore_buffers=train):
+    with eval_mode(model, training=train, restore_buffers=train), (_seeded(model, ctx.seed) if train else nullcontext()):
+        yield
+
+
+@contextmanager
+def _seeded(model: nn.Module, seed: int) -> Iterator[None]:
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(int(seed))
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(int(seed))
         yield
 
 
@@ -63,13 +83,13 @@ def _grad_of_loss_sum(
     who: str,
     scale: float = 1.0,
 ) -> list[torch.Tensor]:
-    """Gradient w.r.t. ``weights`` (leaves requiring grad) of sum_b loss(model(x_b) / scale, y_b)."""
+    """Gradient w.r.t. ``weights`` (leaves requiring grad) of sum_b loss(logits_b / scale, targets_b)."""
     batches = ctx.require_data(who)
+    adapter = ctx.adapter_for(model)
     leaves = list(weights.values())
     total = [torch.zeros_like(w) for w in leaves]
-    for x, y in batches:
-        out = functional_call(model, weights, (x,))
-        loss = ctx.loss_fn(out / scale if scale != 1.0 else out, y)
+    for batch in batches:
+        loss = adapter.loss(model, batch, weights, temperature=scale)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         total = [t + g if g is not None else t for t, g in zip(total, grads)]
     return total
@@ -124,12 +144,25 @@ def synflow(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreConte
 
     Data-free: every floating parameter and buffer is replaced by its absolute value (masked weights
     by 0), the model runs in float64 (to avoid overflow in deep nets) on an all-ones input of shape
-    ``(1, *ctx.input_shape)``, and R is the sum of the outputs. As in the authors' code
+    ``(1, *ctx.input_shape)``, and R is the sum of the outputs (the logits, for models returning a
+    ``ModelOutput``/dict/tuple).
+
+    Token models (``transformers`` language models, ``ctx.input_shape = (T,)``): token ids have no
+    all-ones input, so the all-ones input is an all-ones *embedding* input, ``inputs_embeds`` of
+    shape (1, T, hidden) (and the same for the decoder of an encoder-decoder model); position and
+    type embeddings are still added by the model. This is our extension: the paper defines SynFlow
+    for networks of linear layers and homogeneous activations, where R is the l1 path norm
+    (Tanaka et al. 2020, Sec. 6); through LayerNorm/RMSNorm, softmax attention and gated MLPs that
+    identity does not hold, and the score is simply |w ⊙ dR/dw| for this R. ``T`` is the model's
+    ``input_shape``, else the first data batch's sequence length, else the config's context length. As in the authors' code
     (``linearize`` then ``model.eval()``), BatchNorm runs in eval mode on the absolute values of its
     running statistics. The paper applies this iteratively (100 rounds, exponential density
     schedule); ``prunelab.prune`` runs that loop because this function is flagged ``iterative``
     (``ctx.options["iterations"]`` or ``prune(iterations=...)``, default 100).
     """
+    adapter = ctx.adapter_for(model)
+    if isinstance(adapter, UnsupportedAdapter):  # say that the model cannot be run, before its shape
+        adapter.require()
     if ctx.input_shape is None:
         raise PrunelabError(
             "criterion 'synflow' needs the input shape: set model.input_shape, pass data, or "
@@ -142,9 +175,9 @@ def synflow(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreConte
             state[k] = t.detach().abs().double() if t.is_floating_point() else t
     state.update(weights)
     device = next(iter(weights.values())).device
-    x = torch.ones((1, *ctx.input_shape), dtype=torch.float64, device=device)
+    args, kwargs = adapter.synflow_input(model, ctx.input_shape, dtype=torch.float64, device=device)
     with eval_mode(model):
-        out = functional_call(model, state, (x,))
+        out = adapter.logits(functional_call(model, state, args, kwargs or None))
         grads = torch.autograd.grad(out.sum(), list(weights.values()), allow_unused=True)
     return {
         k: (g * w).detach().abs_() if g is not None else torch.zeros_like(w.detach())
@@ -192,17 +225,19 @@ def grasp(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext
     differentiating g_detached · ∇L. The logits are divided by a temperature
     ``ctx.options["temperature"]`` (default 200, the authors' value) before the loss. The authors'
     re-initialisation of Linear layers and per-class batch sampling are left to the caller.
+    Attention runs on torch's math SDPA kernel here (the fused kernels have no double backward).
     """
     temperature = float(ctx.options.get("temperature", 200.0))
     if not temperature > 0:
         raise PrunelabError(f"grasp option 'temperature' must be > 0, got {temperature!r}")
     weights = {k: w.requires_grad_() for k, w in masked_weights(model, masks).items()}
     leaves = list(weights.values())
-    with scoring_mode(model, ctx):
+    adapter = ctx.adapter_for(model)
+    with scoring_mode(model, ctx), differentiable_twice():
         g = [t.detach() for t in _grad_of_loss_sum(model, weights, ctx, "grasp", temperature)]
         hg = [torch.zeros_like(w) for w in leaves]
-        for x, y in ctx.require_data("grasp"):
-            loss = ctx.loss_fn(functional_call(model, weights, (x,)) / temperature, y)
+        for batch in ctx.require_data("grasp"):
+            loss = adapter.loss(model, batch, weights, temperature=temperature)
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             z = sum((gi * gr).sum() for gi, gr in zip(g, grads) if gr is not None)
             if isinstance(z, torch.Tensor) and z.requires_grad:

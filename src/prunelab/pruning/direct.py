@@ -16,6 +16,7 @@ from torch import nn
 from prunelab.analysis.sparsity import resolve_input_shape
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
+from prunelab.models.adapters import ModelAdapter, TensorAdapter, UnsupportedAdapter, adapter_for, check_adapter
 
 # Importing the modules registers the built-in criteria (and, above, the allocations).
 from prunelab.pruning import criteria as _criteria  # noqa: F401
@@ -25,11 +26,10 @@ from prunelab.pruning.context import (
     CRITERIA,
     UPDATES,
     ScoreContext,
-    as_batches,
-    check_data,
     needs_data,
     no_data_message,
     parse_options,
+    prepare_batches,
 )
 from prunelab.utils import resolve_device
 
@@ -57,6 +57,35 @@ def _update_fn(update: Any, criterion_fn: Callable[..., Any]) -> Callable[..., N
     return _pick(UPDATES, update, "update")
 
 
+#: built-in criteria/updates that still call the model on tensor batches with ``ctx.loss_fn`` and so
+#: cannot take a model adapter: name -> why (refused up front with a one-line error).
+TENSOR_ONLY = {
+    "cbs": (
+        "its CBS-S selection measures the network loss in prunelab.pruning.second_order.cbs.network_loss, "
+        "which calls the model on tensor batches with loss_fn"
+    ),
+}
+
+
+def _check_tensor_only(score_fn: Callable[..., Any], name: str, adapter: ModelAdapter, model: nn.Module) -> None:
+    if type(adapter) is TensorAdapter or name not in TENSOR_ONLY or score_fn is not CRITERIA.get(name):
+        return
+    raise PrunelabError(
+        f"criterion {name!r} cannot run {type(model).__name__} through its {adapter.name} adapter yet: "
+        f"{TENSOR_ONLY[name]}; use criterion 'woodfisher' (optionally with update='cbs') instead"
+    )
+
+
+def resolve_adapter(model: nn.Module, adapter: Any, loss_fn: Any) -> ModelAdapter:
+    """The adapter of one pruning call: ``adapter`` (checked), else :func:`adapter_for` the model with
+    ``loss_fn``; giving both is an error (an adapter carries its loss)."""
+    if adapter is None:
+        return adapter_for(model, loss_fn)
+    if loss_fn is not None:
+        raise PrunelabError("give either adapter= or loss_fn=, not both (an adapter carries its loss)")
+    return check_adapter(adapter)
+
+
 def schedule(start_density: float, sparsity: float, iterations: int) -> list[float]:
     """Sparsities of an exponential schedule: density_k = d0 * (d / d0)^(k / n), k = 1..n, d = 1 - sparsity.
 
@@ -76,13 +105,14 @@ def prune_direct(
     seed: int = 0,
     *,
     masks: Mapping[str, torch.Tensor] | None = None,
-    include: tuple[type[nn.Module], ...] | None = None,
+    include: tuple[type[nn.Module] | str, ...] | None = None,
     exclude: tuple[str, ...] = (),
     iterations: int | None = None,
     update: str | Callable[..., None] | None = "auto",
     options: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    adapter: ModelAdapter | None = None,
 ) -> Masks:
     """:func:`prunelab.prune` with ``sparsity_kind="direct"``: the arguments are documented there."""
     sparsity = check_sparsity(sparsity)
@@ -95,11 +125,15 @@ def prune_direct(
     options = dict(options or {})
     if loss_fn is not None and not callable(loss_fn):
         raise PrunelabError(f"loss_fn must be a function (outputs, targets) -> scalar loss, got {loss_fn!r}")
+    adapter = resolve_adapter(model, adapter, loss_fn)
 
     score_fn = _pick(CRITERIA, criterion, "criterion")
     criterion_name = criterion.lower() if isinstance(criterion, str) else getattr(score_fn, "__name__", "custom")
     allocate = ExplicitAllocation(allocation) if isinstance(allocation, Mapping) else _pick(ALLOCATIONS, allocation, "allocation")
     update_fn = _update_fn(update, score_fn)
+    _check_tensor_only(score_fn, criterion_name, adapter, model)
+    if isinstance(adapter, UnsupportedAdapter) and (data is not None or needs_data(score_fn)):
+        adapter.require()
     if data is None:  # fail before any work (an unflagged criterion still fails in ctx.require_data)
         if needs_data(score_fn):
             raise PrunelabError(no_data_message(criterion_name))
@@ -128,9 +162,13 @@ def prune_direct(
     if masks is None:
         masks = Masks.ones(model, include, exclude)
         if not masks:
+            default = (
+                "the Linear-like projections inside a transformers model's blocks"
+                if type(adapter) is not TensorAdapter else "the weights of Linear and Conv1d/2d/3d layers"
+            )
             raise PrunelabError(
                 f"model {type(model).__name__} has no prunable layer (include={include!r}, exclude={exclude!r}); "
-                "by default the weights of Linear and Conv1d/2d/3d layers are prunable"
+                f"by default {default} are prunable"
             )
     else:
         if include is not None or tuple(exclude or ()):
@@ -154,19 +192,21 @@ def prune_direct(
     if isinstance(allocate, ExplicitAllocation):  # unknown layers / unreachable targets before scoring
         allocate.plan(masks, sparsity)
     # data is checked once, up front: structure and lengths, then one probe forward pass (shapes, labels)
-    batches = as_batches(data, dev, who=criterion_name)
-    input_shape = resolve_input_shape(model, None)
-    if batches is not None:
-        default_loss = loss_fn is None or loss_fn is nn.functional.cross_entropy
-        batches = check_data(model, batches, input_shape=input_shape, class_labels=default_loss)
-    if input_shape is None and batches:
-        input_shape = tuple(batches[0][0].shape[1:])
+    tensor_model = type(adapter) is TensorAdapter
+    carried = getattr(model, "input_shape", None)  # other models: only a shape they carry, no guessing
+    input_shape = resolve_input_shape(model, None) if tensor_model or carried is not None else None
+    batches = prepare_batches(adapter, model, data, dev, who=criterion_name, input_shape=input_shape)
+    if input_shape is None and batches:  # the model carries none: the first batch's per-sample shape
+        input_shape = adapter.sample_shape(batches[0]) if not tensor_model else tuple(batches[0][0].shape[1:])
+    if input_shape is None and not tensor_model:  # data-free: the config's (context length, image size)
+        input_shape = adapter.default_input_shape(model)
     ctx = ScoreContext(
         batches=batches,
         seed=seed,
         device=dev,
         input_shape=input_shape,
         options=options,
+        adapter=adapter,
         **({"loss_fn": loss_fn} if loss_fn is not None else {}),
     )
 

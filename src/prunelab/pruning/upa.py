@@ -23,6 +23,9 @@ Choices, and differences from the authors' code (AidanGood/undecayed-lth, ``prun
   that of the *mean* of the per-batch mean losses, so the scale of dCE/dw (which matters against
   lambda w^2) is that of one mini-batch loss whatever the number of batches.
 * Weights already pruned score 0 (the masked network is scored; w = 0 there).
+* The model runs through ``ctx.adapter_for(model)`` (:mod:`prunelab.models.adapters`), so CE is the
+  model's own loss (e.g. next-token cross-entropy for a causal LM); train mode runs dropout with masks
+  drawn from ``ctx.seed`` (see :func:`prunelab.pruning.criteria.scoring_mode`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from collections.abc import Mapping
 import torch
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call
 
 from prunelab.errors import PrunelabError
 from prunelab.pruning.context import CRITERIA, GradientOptions, ScoreContext
@@ -65,12 +67,13 @@ def upa(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) 
     lam = undecayed_weight_decay(ctx)
     batches = ctx.require_data("upa")
     mode_ctx = dataclasses.replace(ctx, options={"train_mode": True, **ctx.options})
+    adapter = ctx.adapter_for(model)
     weights = {k: w.requires_grad_() for k, w in masked_weights(model, masks).items()}
     leaves = list(weights.values())
     grads = [torch.zeros_like(w) for w in leaves]
     with scoring_mode(model, mode_ctx):
-        for x, y in batches:
-            loss = ctx.loss_fn(functional_call(model, weights, (x,)), y) / len(batches)
+        for batch in batches:
+            loss = adapter.loss(model, batch, weights) / len(batches)
             parts = torch.autograd.grad(loss, leaves, allow_unused=True)
             grads = [g + p if p is not None else g for g, p in zip(grads, parts)]
     return {k: (-w.detach() * g + lam * w.detach().square()).abs_() for (k, w), g in zip(weights.items(), grads)}

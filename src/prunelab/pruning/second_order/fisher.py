@@ -329,12 +329,16 @@ def build_fisher(
     loss_fn,
     options: FisherOptions,
     generator: torch.Generator,
+    adapter: Any = None,
 ) -> FisherState:
-    """Draw ``options.samples * options.batch`` samples, collect G and pack the weights."""
+    """Draw ``options.samples * options.batch`` samples, collect G and pack the weights.
+
+    ``adapter`` (a :class:`prunelab.models.adapters.ModelAdapter`; None = plain tensor batches and
+    ``loss_fn``) says how to pool the batches and what the loss is."""
     layout = make_layout(model, masks, options.block_size, options.full)
     _check_memory(4.0 * options.samples * layout.dim, f"the gradient matrix ({options.samples} x {layout.dim})", options.memory_limit_gb)
-    x, y = sample_pool(batches, options.samples * options.batch, generator)
-    grads = gradient_matrix(model, layout, dict(masks), x, y, loss_fn, options.batch)
+    x, y = sample_pool(batches, options.samples * options.batch, generator, adapter)
+    grads = gradient_matrix(model, layout, dict(masks), x, y, loss_fn, options.batch, adapter=adapter)
     weights = layout.pack(dict(model.named_parameters())).to(device=grads.device, dtype=torch.float64)
     return FisherState(layout, weights, grads, options)
 
@@ -366,6 +370,7 @@ def fisher_for(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: Any, wh
     cached = getattr(ctx, _CACHE_ATTR, None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    state = build_fisher(model, masks, batches, ctx.loss_fn, options, ctx.generator(offset=7919))
+    adapter = ctx.adapter_for(model) if hasattr(ctx, "adapter_for") else None
+    state = build_fisher(model, masks, batches, ctx.loss_fn, options, ctx.generator(offset=7919), adapter)
     setattr(ctx, _CACHE_ATTR, (key, state))
     return state
