@@ -355,7 +355,7 @@ class ModelAdapter:
                 return self.forward(model, small)
         except PrunelabError:
             raise
-        except Exception as exc:  # whatever the model raises on input it cannot take
+        except Exception as exc:  # noqa: BLE001  (whatever the model raises on input it cannot take)
             inputs = small[0]
             shapes = (
                 {k: tuple(v.shape) for k, v in inputs.items()} if isinstance(inputs, Mapping) else tuple(inputs.shape)
@@ -427,10 +427,10 @@ class UnsupportedAdapter(ModelAdapter):
     def call(self, model: nn.Module, batch: Pair, params: Mapping[str, Tensor] | None = None) -> Any:
         self.require()
 
-    def dummy_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def dummy_input(self, model, input_shape, *, dtype, device):
         self.require()
 
-    def synflow_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def synflow_input(self, model, input_shape, *, dtype, device):
         self.require()
 
 
@@ -591,12 +591,12 @@ class HFAdapter(ModelAdapter):
             )
         return int(input_shape[0])
 
-    def dummy_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def dummy_input(self, model, input_shape, *, dtype, device):
         t = self._token_shape(input_shape)
         ids = torch.zeros((1, t), dtype=torch.long, device=device)
         return self.model_inputs(model, ({self.main: ids, "attention_mask": torch.ones_like(ids)}, None))
 
-    def synflow_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def synflow_input(self, model, input_shape, *, dtype, device):
         """An all-ones *embedding* input ``inputs_embeds = 1`` of shape (1, T, hidden): token ids have no
         all-ones input, so SynFlow's input of ones enters right after the token embedding (position and
         type embeddings are still added by the model)."""
@@ -676,13 +676,13 @@ class HFSequenceClassificationAdapter(HFAdapter):
             return (channels, int(size[0]), int(size[1]))
         return None
 
-    def dummy_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def dummy_input(self, model, input_shape, *, dtype, device):
         if self.main != "pixel_values":
             return super().dummy_input(model, input_shape, dtype=dtype, device=device)
         x = torch.zeros((1, *input_shape), dtype=dtype, device=device)
         return self.model_inputs(model, ({self.main: x}, None))
 
-    def synflow_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def synflow_input(self, model, input_shape, *, dtype, device):
         if self.main != "pixel_values":
             return super().synflow_input(model, input_shape, dtype=dtype, device=device)
         x = torch.ones((1, *input_shape), dtype=dtype, device=device)  # an image of ones, as for a CNN
@@ -816,13 +816,13 @@ class HFSeq2SeqLMAdapter(HFAdapter):
         self._check_has_tokens(batches, "target tokens")
         return batches
 
-    def dummy_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def dummy_input(self, model, input_shape, *, dtype, device):
         t = self._token_shape(input_shape)
         ids = torch.zeros((1, t), dtype=torch.long, device=device)
         inputs = {self.main: ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": ids.clone()}
         return self.model_inputs(model, (inputs, None))
 
-    def synflow_input(self, model, input_shape, *, dtype, device):  # noqa: ANN001
+    def synflow_input(self, model, input_shape, *, dtype, device):
         """All-ones embedding inputs for the encoder and for the decoder, (1, T, hidden) each."""
         args, kwargs = super().synflow_input(model, input_shape, dtype=dtype, device=device)
         kwargs["decoder_inputs_embeds"] = torch.ones_like(kwargs["inputs_embeds"])
