@@ -27,6 +27,7 @@ STANDARD_INPUT = {
     "resnet32": (3, 32, 32),
     "resnet56": (3, 32, 32),
     "resnet18": (3, 32, 32),
+    "vgg_scaled": (3, 32, 32),
 }
 OPTIONS = {"mlp": {"widths": [20, 10]}}
 

@@ -1,0 +1,1 @@
+from prunelab.analysis import ticket_stage  # noqa: F401  (registers the ticket analysis)

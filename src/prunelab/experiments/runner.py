@@ -303,6 +303,7 @@ def _compute(cfg: RunConfig, out_dir: Path, run_dir: Path, *, progress: bool, da
         dense=dense,
         fit=StageCheckpoints(run_dir / "train_state", cfg.checkpoint_every),
         progress=progress,
+        options=settings,
         **_schedule_fields(cfg.prune.schedule, settings.model_dump()),
     )
     result = SCHEDULES.get(cfg.prune.schedule)(ctx)

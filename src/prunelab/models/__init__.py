@@ -10,7 +10,7 @@ models, ``transformers`` models, or an adapter of your own): ``adapter_for(model
 
 from __future__ import annotations
 
-from prunelab.models import lenet, mlp, resnet, vgg  # noqa: F401  (registers the models)
+from prunelab.models import lenet, mlp, resnet, vgg, vgg_width  # noqa: F401  (registers the models)
 from prunelab.models.adapters import (
     HFCausalLMAdapter,
     HFImageClassificationAdapter,

@@ -28,7 +28,9 @@ from prunelab.masks import (
 from prunelab.pruning import earlybird as _earlybird  # noqa: E402,F401  (earlybird schedule, bn_scale)
 from prunelab.pruning import lr_bound as _lr_bound  # noqa: E402,F401  (lr_bound allocation)
 from prunelab.pruning import second_order as _second_order  # noqa: E402,F401  (woodfisher, cbs, obs)
+from prunelab.pruning import slimming as _slimming  # noqa: E402,F401  (slimming schedule)
 from prunelab.pruning import spline as _spline  # noqa: E402,F401  (spline structured criterion)
+from prunelab.pruning import structured_schedule as _structured_schedule  # noqa: E402,F401  (structured schedule)
 from prunelab.pruning import upa as _upa  # noqa: E402,F401  (undecayed pruning criterion)
 from prunelab.pruning.allocation import ExplicitAllocation, keep_top, layer_densities
 from prunelab.pruning.api import prune

@@ -82,6 +82,8 @@ class ScheduleContext:
     earlybird_window: int = 3
     callbacks: list[Callback] = field(default_factory=list)
     progress: bool = True
+    #: the schedule's validated options model (``SCHEDULES.parse_options(name, schedule_options)``)
+    options: Any = None
 
 
 @dataclass
