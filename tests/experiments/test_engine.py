@@ -342,3 +342,16 @@ def test_stale_tmp_files_of_a_killed_writer_are_removed_on_the_rerun(tmp_path):
     run_sweep(small_sweep(criteria=["magnitude"], sparsities=[0.5]), tmp_path, progress=False)
     assert not stale.exists() and keep.read_text() == "mine"
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_train_and_test_subsets_take_the_first_examples(tmp_path):
+    from prunelab.experiments.runner import DataCache
+
+    cfg = build(RunConfig, {**SMALL, "train_subset": 100, "test_subset": 50})
+    ds = DataCache().get(cfg, __import__("torch").device("cpu"))
+    full = DataCache().get(build(RunConfig, SMALL), __import__("torch").device("cpu"))
+    assert len(ds.y_train) == 100 and len(ds.y_test) == 50
+    assert (ds.x_test == full.x_test[:50]).all() and (ds.y_train == full.y_train[:100]).all()
+    assert cfg.dense_hash() != build(RunConfig, SMALL).dense_hash()
+    with pytest.raises(PrunelabError, match="test_subset=100000 but digits has only 360 test examples"):
+        DataCache().get(build(RunConfig, {**SMALL, "test_subset": 100000}), __import__("torch").device("cpu"))

@@ -207,6 +207,7 @@ class RunConfig(BaseModel):
     normalize: bool = Field(True, description="standardise inputs per channel")
     val_fraction: float = Field(0.0, ge=0, lt=1)
     train_subset: Optional[int] = Field(None, gt=0, description="train on the first N training examples only")
+    test_subset: Optional[int] = Field(None, gt=0, description="evaluate on the first N test examples only")
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: Optional[TrainConfig] = None
     prune: PruneConfig = Field(default_factory=PruneConfig)
@@ -273,7 +274,7 @@ class RunConfig(BaseModel):
         """What the dense (pre-pruning) model depends on: shared by every criterion of a sweep."""
         d = self.identity()
         keys = ("dataset", "model", "model_kwargs", "data_kwargs", "normalize", "val_fraction", "train_subset",
-                "train", "seed", "format")
+                "test_subset", "train", "seed", "format")
         return {k: d[k] for k in keys if k in d}
 
     def dense_hash(self) -> str:

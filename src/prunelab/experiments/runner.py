@@ -117,7 +117,7 @@ class DataCache:
 
     def get(self, cfg: RunConfig, device: torch.device):
         key = (cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.seed if cfg.val_fraction else 0, cfg.normalize,
-               json.dumps(cfg.data_kwargs, sort_keys=True), cfg.train_subset, str(device))
+               json.dumps(cfg.data_kwargs, sort_keys=True), cfg.train_subset, cfg.test_subset, str(device))
         if key not in self._cache:
             ds = data_mod.load(cfg.dataset, root=cfg.data_root, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                normalize=cfg.normalize, **cfg.data_kwargs)
@@ -127,6 +127,11 @@ class DataCache:
                                         f"{len(ds.y_train)} training examples")
                 ds = dataclasses.replace(ds, x_train=ds.x_train[: cfg.train_subset],
                                          y_train=ds.y_train[: cfg.train_subset])
+            if cfg.test_subset is not None:
+                if cfg.test_subset > len(ds.y_test):
+                    raise PrunelabError(f"test_subset={cfg.test_subset} but {cfg.dataset} has only "
+                                        f"{len(ds.y_test)} test examples")
+                ds = dataclasses.replace(ds, x_test=ds.x_test[: cfg.test_subset], y_test=ds.y_test[: cfg.test_subset])
             self._cache[key] = ds.to(device)
         return self._cache[key]
 
