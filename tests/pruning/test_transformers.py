@@ -194,7 +194,7 @@ def test_tied_head_is_one_mask_counted_once(base_models):
     assert Masks.ones(gpt2, include=("transformer.wte",)) == with_head  # the embedding's name: the same weight
     assert Masks.ones(gpt2, include=("lm_head",), exclude=("transformer.wte",)) == Masks.ones(gpt2)
     unique = {id(p): p.numel() for _, p in gpt2.named_parameters(remove_duplicate=False)}
-    report = sparsity_report(gpt2, with_head, input_shape=(SEQ,))
+    report = sparsity_report(gpt2, with_head, input_shape=(SEQ,), effective=False)
     assert report.params == sum(unique.values()) < sum(p.numel() for _, p in gpt2.named_parameters(remove_duplicate=False))
     assert report.prunable == PRUNABLE["gpt2"] + VOCAB * HIDDEN
 
@@ -203,7 +203,7 @@ def test_tied_head_is_one_mask_counted_once(base_models):
     assert zeros == round(0.5 * masks.num_total())
     pruned = ~masks["transformer.wte.weight"]
     assert bool(pruned.any()) and torch.count_nonzero(gpt2.lm_head.weight.detach()[pruned]) == 0
-    report = sparsity_report(gpt2, masks, input_shape=(SEQ,))
+    report = sparsity_report(gpt2, masks, input_shape=(SEQ,), effective=False)
     assert report.nonzero == report.params - zeros
 
     t5 = copy.deepcopy(base_models["t5"])
@@ -299,7 +299,7 @@ def test_masks_save_load_round_trip(base_models, tmp_path):
 def test_flops_of_conv1d_and_token_inputs(base_models):
     gpt2 = copy.deepcopy(base_models["gpt2"])
     masks = prunelab.prune(gpt2, 0.5, "magnitude")
-    report = sparsity_report(gpt2, masks, input_shape=(SEQ,))
+    report = sparsity_report(gpt2, masks, input_shape=(SEQ,), effective=False)
     per_layer = {row.name: row for row in report.layers}
     c_attn = per_layer["transformer.h.0.attn.c_attn.weight"]
     assert c_attn.kind == "Conv1D" and c_attn.flops_dense == SEQ * HIDDEN * 3 * HIDDEN
@@ -308,18 +308,34 @@ def test_flops_of_conv1d_and_token_inputs(base_models):
     assert report.flops_dense == SEQ * PRUNABLE["gpt2"] + head
     assert report.flops_sparse == SEQ * masks.num_kept() + head
     # no input shape given: the config's context length (n_positions = 16)
-    default = sparsity_report(gpt2, masks)
+    default = sparsity_report(gpt2, masks, effective=False)
     assert default.input_shape == (16,) and default.flops_dense == 16 * PRUNABLE["gpt2"] + 16 * VOCAB * HIDDEN
-    assert default.effective_kept is None and "connectivity analysis" in default.effective_note
     # T5: encoder and decoder both see T tokens; the tied head (scaled hidden states) counts too
     t5 = base_models["t5"]
-    t5_report = sparsity_report(t5, input_shape=(SEQ,))
+    t5_report = sparsity_report(t5, input_shape=(SEQ,), effective=False)
     assert t5_report.flops_dense == SEQ * PRUNABLE["t5"] + SEQ * VOCAB * HIDDEN
     # ViT: the configured image; patch projection 16 * 3 * 4 * 4 per patch, 4 patches (+ CLS token rows)
-    vit_report = sparsity_report(base_models["vit"])
+    vit_report = sparsity_report(base_models["vit"], effective=False)
     assert vit_report.input_shape == (3, 8, 8)
     rows = 4 + 1
     assert vit_report.flops_dense == rows * PRUNABLE["vit"] + 4 * HIDDEN * 3 * 16 + 3 * HIDDEN
+
+
+def test_report_effective_sparsity_through_the_adapter(base_models):
+    """The report's effective counts are those of effective_masks on the adapter's dummy token input."""
+    from prunelab.analysis.effective import effective_masks
+
+    gpt2 = copy.deepcopy(base_models["gpt2"])
+    masks = prunelab.prune(gpt2, 0.9, "magnitude")
+    report = sparsity_report(gpt2, masks, input_shape=(SEQ,))
+    if report.effective_kept is None:  # the connectivity analysis may refuse an op: then it says which
+        assert report.effective_note.startswith("effective sparsity not computed: ")
+        return
+    ids = torch.zeros(1, SEQ, dtype=torch.long)
+    direct = effective_masks(gpt2, masks, example_input={"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                                         "use_cache": False})
+    assert report.effective_kept == sum(int(m.sum()) for m in direct.values()) <= masks.num_kept()
+    assert report.effective_sparsity >= report.sparsity
 
 
 def test_input_shape_from_model_then_first_batch_then_config(base_models):

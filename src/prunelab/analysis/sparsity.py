@@ -23,9 +23,8 @@ under its ``named_parameters`` name; each module using it still counts its own M
 
 Effective sparsity (Vysogorets & Kempe, JMLR 2023) is filled in through
 ``prunelab.analysis.effective.effective_masks`` when that module is importable and supports the model;
-otherwise the effective fields are None and ``effective_note`` says why (models that are not plain
-tensor models, e.g. ``transformers`` models, are not analysed: the connectivity analysis feeds the
-model a tensor of ones).
+otherwise the effective fields are None and ``effective_note`` says why. Models that are not plain
+tensor models (``transformers`` models) are analysed on their adapter's dummy input (``example_input``).
 """
 
 from __future__ import annotations
@@ -270,10 +269,22 @@ def count_flops(
     return {name: (c[0], c[1]) for name, c in counts.items()}
 
 
-def _effective(model: nn.Module, masks: Masks, input_shape: tuple[int, ...] | None):
-    """(effective masks or None, note explaining a None)."""
+def _effective(model: nn.Module, masks: Masks, input_shape: tuple[int, ...] | None, adapter: ModelAdapter):
+    """(effective masks or None, note explaining a None). Models that are not plain tensor models are
+    analysed on the adapter's dummy input (token ids for language models)."""
     try:
-        return effective_masks(model, masks, input_shape=input_shape), None
+        if type(adapter) is TensorAdapter:
+            return effective_masks(model, masks, input_shape=input_shape), None
+        if input_shape is None:
+            return None, "effective sparsity not computed: no input shape"
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+        args, kwargs = adapter.dummy_input(model, input_shape, dtype=dtype, device=device)
+        example = kwargs if not args else args if not kwargs else None
+        if example is None:
+            return None, "effective sparsity not computed: the model takes positional and keyword inputs"
+        return effective_masks(model, masks, example_input=example), None
     except PrunelabError as exc:  # e.g. an op the connectivity analysis does not support
         return None, f"effective sparsity not computed: {exc}"
 
@@ -300,16 +311,10 @@ def sparsity_report(
     shape = resolve_input_shape(model, input_shape, adapter)
     modules = dict(model.named_modules())
     flops = count_flops(model, masks, shape, adapter) if shape is not None else None
-    if not effective:
-        eff, note = None, "not requested"
-    elif type(adapter) is not TensorAdapter:
-        eff, note = None, (f"effective sparsity not computed: the connectivity analysis takes plain tensor models, "
-                           f"not {type(model).__name__} ({adapter.name} adapter)")
-    else:
-        eff, note = _effective(model, masks, shape)
+    eff, note = _effective(model, masks, shape, adapter) if effective else (None, "not requested")
 
     flops_of: dict[str, list[int]] = {}  # mask name -> MACs of every module using that weight (tied: several)
-    canonical = {id(p): n for n, p in reversed(list(model.named_parameters()))}
+    canonical = {id(p): n for n, p in model.named_parameters()}  # named_parameters lists a tied weight once
     for mod_name, (dense, sparse) in (flops or {}).items():
         key = canonical.get(id(getattr(modules.get(mod_name), "weight", None)), f"{mod_name}.weight")
         total = flops_of.setdefault(key, [0, 0])
