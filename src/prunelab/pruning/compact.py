@@ -79,9 +79,13 @@ from prunelab.masks import Masks
 from prunelab.models.adapters import adapter_for, is_conv1d
 from prunelab.models.resnet import PadShortcut
 
-try:  # a declared dependency; the error below says so if an installation lacks it
+try:  # a declared dependency; compact() says so if an installation lacks it
     import torch_pruning as tp
-    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    try:  # torch-pruning >= 1.5 (a dependency package); 1.4 kept it in dependency.py
+        from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+    except ImportError:  # pragma: no cover - older torch-pruning
+        from torch_pruning.dependency import _SplitIndexMapping  # type: ignore[no-redef]
 except ImportError:  # pragma: no cover - exercised only without the dependency
     tp = None
 
