@@ -58,10 +58,11 @@ def test_report_on_hand_made_rows() -> None:
     rep = report(hand_rows(), "default")
     by = {c.claim: c for c in rep.claims}
     dead = by["jumpstart removes the dead units of plain training"]
-    # 20 x 8: differences 40, 46, 52 -> [31.1, 60.9] > 0; 10 x 16: 14, 14, 14 -> [14, 14] > 0
+    # reductions in % of 160 units: 20 x 8: 25, 28.75, 32.5; 10 x 16: 8.75 x 3 -> mean 18.75, sd 11.208,
+    # t(0.975, 5) = 2.5706 -> half 11.76: [6.99, 30.51] > 0
     assert dead.verdict == "reproduced"
     assert dead.ours == ("dead units (mean, plain -> jumpstart) 20 x 8: 46.0 -> 0.0 of 160; 10 x 16: 14.0 -> 0.0 "
-                         "of 160; fewer in 2 of 2 (95% CI of the paired difference > 0)")
+                         "of 160; reduction +18.75% of the units, 95% CI [+6.99, +30.51] (n=6 network-seed pairs)")
     # 20 x 8 gains 30, 21, 12: mean 21, sd 9, t(0.975, 2) = 4.303 -> [-1.36, +43.36]
     thin = by["20 x 8: jumpstart trains better (test accuracy)"]
     assert thin.verdict == "inconclusive" and thin.ours == "+21.00 points, 95% CI [-1.36, +43.36] (n=3)"

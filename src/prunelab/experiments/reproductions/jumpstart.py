@@ -4,7 +4,8 @@ Jumpstart Regularization": dead units with and without jumpstart on deep thin ML
 Claims checked (each architecture trained from the same initial weights with and without jumpstart):
 
 1. jumpstart removes the dead units (and all-dead layers) that plain training leaves in deep thin
-   networks (paired by seed, over the architectures where plain training leaves any);
+   networks (the reduction in % of the units, paired by seed, pooled over the architectures where
+   plain training leaves any);
 2. per architecture: with jumpstart the network trains better (test accuracy gain, paired by seed);
 3. a network twice as deep and half as wide (same number of hidden units, fewer parameters) trained
    with jumpstart reaches the accuracy of the wider one trained plainly (within 1 point).
@@ -79,30 +80,29 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     archs = sorted({a for a, _ in by}, key=lambda a: (a[1], -a[0]))  # thin first, then deep first
     claims: list[Claim] = []
 
-    # 1. dead units: plain - jumpstart, paired by seed, over the architectures where plain leaves any
-    confirm, contra, looked, parts = 0, 0, 0, []
+    # 1. dead units: plain - jumpstart as a fraction of the units, paired by seed, pooled over the
+    #    architectures where plain training leaves any
+    pooled, parts = [], []
     for a in archs:
         plain_dead = [_f(r, "units.dead_units") for r in by.get((a, "plain"), {}).values()]
-        diffs = paired(by, (a, "plain"), (a, "jumpstart"), "units.dead_units")
+        units = int(next(iter(by.get((a, "plain"), {}).values()), {}).get("units.units") or a[0] * a[1])
+        diffs = paired(by, (a, "plain"), (a, "jumpstart"), "units.dead_units", 100.0 / units)
         if not diffs or not any(v for v in plain_dead):
             continue
-        looked += 1
-        m, lo, hi = mean_ci(diffs)
+        pooled += diffs
         jump = statistics.fmean(_f(r, "units.dead_units") for r in by[(a, "jumpstart")].values())
         plain = statistics.fmean(v for v in plain_dead if v is not None)
-        units = int(next(iter(by[(a, "plain")].values()))["units.units"])
         parts.append(f"{a[0]} x {a[1]}: {plain:.1f} -> {jump:.1f} of {units}")
-        if not math.isnan(lo) and lo > 0:
-            confirm += 1
-        elif not math.isnan(hi) and hi < 0:
-            contra += 1
-    claims.append(Claim("jumpstart removes the dead units of plain training",
-                        "no dead units or layers with jumpstart",
-                        ("dead units (mean, plain -> jumpstart) " + "; ".join(parts) +
-                         f"; fewer in {confirm} of {looked} (95% CI of the paired difference > 0)") if looked
-                        else "plain training left no dead units",
-                        "reproduced" if looked and confirm == looked else "not reproduced" if contra else
-                        "inconclusive"))
+    if pooled:
+        m, lo, hi = mean_ci(pooled)
+        claims.append(Claim("jumpstart removes the dead units of plain training",
+                            "no dead units or layers with jumpstart",
+                            "dead units (mean, plain -> jumpstart) " + "; ".join(parts) + "; reduction "
+                            + _interval(m, lo, hi, len(pooled), "% of the units")[:-1] + " network-seed pairs)",
+                            _sign(lo, hi)))
+    else:
+        claims.append(Claim("jumpstart removes the dead units of plain training", "no dead units or layers with jumpstart",
+                            "plain training left no dead units", "inconclusive"))
 
     # 2. accuracy gain per architecture
     for a in archs:
