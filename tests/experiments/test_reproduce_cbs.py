@@ -42,8 +42,10 @@ def test_each_mode_loads_and_expands(mode, seeds, sparsities):
     assert all(c.prune.data_samples >= n for c in second)
     if mode == "full":
         assert all(c.prune.options.get("full") is True for c in second)
+    cbs = [c for c in cfgs if c.prune.criterion == "cbs"]
+    assert {c.prune.options.get("cbs_selection", "auto") for c in cbs} == {"auto" if mode == "full" else "blocks"}
     if mode == "quick":
-        assert {c.prune.options.get("cbs_passes") for c in cfgs if c.prune.criterion == "cbs"} == {5}
+        assert {c.prune.options.get("cbs_passes") for c in cbs} == {5}
 
 
 def test_default_is_the_old_scripts_default():
@@ -52,7 +54,8 @@ def test_default_is_the_old_scripts_default():
     assert sorted({x.prune.sparsity for x in cfgs}) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
     assert (c.train.lr, c.train.momentum, c.train.batch_size, c.train.epochs) == (1e-3, 0.5, 64, 14)
     # the rest of the script's settings are the option defaults, so they are not stored
-    assert c.prune.options == {"fisher_samples": 4000}
+    assert c.prune.options == {"fisher_samples": 4000, "cbs_selection": "blocks"}
+    assert {x.prune.options.get("cbs_selection") for x in cfgs if x.prune.criterion != "cbs"} == {None}
     fisher, search = FisherOptions(), CBSOptions()
     assert (fisher.damping, fisher.block_size, fisher.full, search.passes, search.inits, search.selection) == (
         1e-3, 1000, False, 100, 5, "auto")
@@ -62,7 +65,8 @@ def _row(method: str, sparsity: float, seed: int, acc: float) -> dict:
     crit, upd = dict(zip(["MP", "WF", "CBS-S", "MP+CBS-U", "CBS"], GRID))[method]
     return {"prune.criterion": crit, "prune.update": "" if upd is None else upd, "prune.sparsity": sparsity,
             "seed": seed, "test_accuracy": acc, "dense_test_accuracy": 0.94,
-            "prune.options": "" if crit == "magnitude" and upd is None else "fisher_samples=4000"}
+            "prune.options": "" if crit == "magnitude" and upd is None else
+            "cbs_selection=blocks;fisher_samples=4000" if crit == "cbs" else "fisher_samples=4000"}
 
 
 def hand_rows() -> list[dict]:
@@ -103,6 +107,7 @@ def test_report_on_hand_made_rows():
     assert table[("0.9", "WF")]["ours %"] == "82.00 ± 0.10" and table[("0.9", "WF")]["paper %"] == "91.69"
     assert table[("0.9", "MP+CBS-U")]["paper %"] == "—" and table[("0.9", "MP")]["n"] == 3
     assert "3 seed(s)" in rep.setting and "dense 94.00%" in rep.setting and "N = 4000" in rep.setting
+    assert "Fisher of WF/OBS/CBS-U: blocks of 1000, CBS-S selection on the same blocks" in rep.setting
 
 
 def test_report_one_seed_is_inconclusive_and_quick_is_a_smoke_run():

@@ -150,10 +150,11 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     opts = options_of(next((r for r in rows if method_of(r) == "CBS"), rows[0] if rows else {}))
     n_fisher = opts.get("fisher_samples", "1000")
     fisher = "full" if opts.get("full", "").lower() in ("true", "1") else f"blocks of {opts.get('block_size', 1000)}"
+    selection = {"blocks": "the same blocks", "full": "the full Fisher"}.get(
+        opts.get("cbs_selection", "auto"), "the full Fisher where it fits in memory (auto)")
     setting = (f"MLPNet (784-40-20-10) on MNIST, one-shot global pruning without fine-tuning, {seeds_of(rows)} "
                f"seed(s), sparsities {', '.join(f'{s:g}' for s in sparsities)}; {dense_txt}; Fisher N = {n_fisher}, "
-               f"damping 1e-3, inverse for WF/OBS/CBS-U: {fisher}, CBS-S selection on the full Fisher unless "
-               f"memory forbids; claims tested at sparsity >= {HIGH:g}; paper: {PUBLISHED_SOURCE}; mode {mode}.")
+               f"damping 1e-3, Fisher of WF/OBS/CBS-U: {fisher}, CBS-S selection on {selection}; claims tested at sparsity >= {HIGH:g}; paper: {PUBLISHED_SOURCE}; mode {mode}.")
     return Report("Combinatorial Brain Surgeon (Yu et al. 2022)", setting, claims, table,
                   ["sparsity", "method", "ours %", "95% CI", "paper %", "n"])
 
