@@ -47,7 +47,7 @@ CASES = [
     (["train", "--lr", "inf"], "invalid training options: lr=inf: Input should be a finite number"),
     (["train", "--model", "nope"],
      "unknown model 'nope'; valid: lenet300, lenet5, mlp, mlpnet, resnet18, resnet20, resnet32, resnet56, vgg11, "
-     "vgg13, vgg16, vgg19"),
+     "vgg13, vgg16, vgg19, vgg_scaled"),
     (["train", "--dataset", "nope"], "unknown dataset 'nope'; valid: cifar10, cifar100, digits, fashion_mnist, "
      "mnist, synthetic"),
     (["report", "{d}/empty.csv"], "results table '{d}/empty.csv' is empty; expected a CSV with a header row and "

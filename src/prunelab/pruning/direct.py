@@ -59,12 +59,7 @@ def _update_fn(update: Any, criterion_fn: Callable[..., Any]) -> Callable[..., N
 
 #: built-in criteria/updates that still call the model on tensor batches with ``ctx.loss_fn`` and so
 #: cannot take a model adapter: name -> why (refused up front with a one-line error).
-TENSOR_ONLY = {
-    "cbs": (
-        "its CBS-S selection measures the network loss in prunelab.pruning.second_order.cbs.network_loss, "
-        "which calls the model on tensor batches with loss_fn"
-    ),
-}
+TENSOR_ONLY: dict[str, str] = {}
 
 
 def _check_tensor_only(score_fn: Callable[..., Any], name: str, adapter: ModelAdapter, model: nn.Module) -> None:

@@ -412,9 +412,10 @@ def target_prune_count(masks: Mapping[str, torch.Tensor], ctx: ScoreContext) -> 
 
 
 def network_loss(
-    model: nn.Module, layout: Layout, weights: torch.Tensor, batches, loss_fn
+    model: nn.Module, layout: Layout, weights: torch.Tensor, batches, loss_fn, adapter=None
 ) -> Callable[[torch.Tensor], float]:
-    """``pruned -> loss`` of the network with those kept weights zeroed (no update), over ``batches``."""
+    """``pruned -> loss`` of the network with those kept weights zeroed (no update), over ``batches``
+    (through the model ``adapter`` when given: token models, ``ModelOutput`` outputs)."""
     params = dict(model.named_parameters())
     fixed = {n: p.detach() for n, p in params.items() if n not in layout.names}
     fixed.update(dict(model.named_buffers()))
@@ -424,9 +425,15 @@ def network_loss(
         tensors = {n: t.to(dtype=params[n].dtype, device=params[n].device) for n, t in layout.unpack(vec).items()}
         total, count = 0.0, 0
         with torch.no_grad(), eval_mode(model):
-            for x, y in batches:
-                total += float(loss_fn(functional_call(model, {**fixed, **tensors}, (x,)), y)) * x.shape[0]
-                count += x.shape[0]
+            for batch in batches:
+                if adapter is None:
+                    x, y = batch
+                    n = x.shape[0]
+                    total += float(loss_fn(functional_call(model, {**fixed, **tensors}, (x,)), y)) * n
+                else:
+                    n = adapter.batch_size(batch)
+                    total += float(adapter.loss(model, batch, {**fixed, **tensors})) * n
+                count += n
         return total / count
 
     return loss
@@ -440,7 +447,10 @@ def cbs(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext) 
     state = fisher_for(model, masks, ctx, "cbs")
     blocks = selection_blocks(state.layout, state.grads.shape[0], opts, state.options.memory_limit_gb)
     problem = SelectionProblem(state.weights, state.grads, blocks)
-    loss_of = network_loss(model, state.layout, state.weights, ctx.require_data("cbs"), ctx.loss_fn)
+    adapter = ctx.adapter_for(model)
+    plain = type(adapter).__name__ == "TensorAdapter"  # the zoo: exactly the computation it always did
+    loss_of = network_loss(model, state.layout, state.weights, ctx.require_data("cbs"), ctx.loss_fn,
+                           None if plain else adapter)
     result = cbs_select(problem, n_prune, opts, ctx.generator(offset=104729), loss_of)
     mag = state.weights.abs()
     tie = mag / (4 * float(mag.max())) if float(mag.max()) > 0 else torch.zeros_like(mag)
