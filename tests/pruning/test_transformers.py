@@ -515,3 +515,18 @@ def test_prunelab_never_imports_transformers():
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["18", str(6 * 4 + 4 * 3)]
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_prune_to_an_effective_sparsity_on_token_models(base_models, name):
+    from prunelab.analysis.sparsity import model_effective_masks
+
+    if name not in base_models:
+        pytest.skip(f"{name} not built here")
+    model = copy.deepcopy(base_models[name])
+    masks = prunelab.prune(model, 0.9, "magnitude", "global", sparsity_kind="effective")
+    from prunelab.models.adapters import adapter_for
+
+    eff = model_effective_masks(model, masks, adapter_for(model).default_input_shape(model))
+    assert eff.sparsity() >= 0.9 - 1e-9  # the target is met on the effective masks ...
+    assert masks.sparsity() <= eff.sparsity() + 1e-12  # ... with at most that many weights pruned directly

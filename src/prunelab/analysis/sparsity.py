@@ -269,22 +269,32 @@ def count_flops(
     return {name: (c[0], c[1]) for name, c in counts.items()}
 
 
+def model_effective_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                          input_shape: Sequence[int] | None = None, adapter: ModelAdapter | None = None) -> Masks:
+    """:func:`prunelab.analysis.effective.effective_masks` of any model: plain tensor models on
+    ``input_shape``, others (language models: token ids) on their adapter's dummy input."""
+    adapter = adapter if adapter is not None else adapter_for(model)
+    if type(adapter) is TensorAdapter:
+        return effective_masks(model, masks, input_shape=input_shape)
+    if input_shape is None:
+        raise PrunelabError(f"effective sparsity of {type(model).__name__} needs an input shape (none known)")
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    args, kwargs = adapter.dummy_input(model, input_shape, dtype=dtype, device=device)
+    example = kwargs if not args else args if not kwargs else None
+    if example is None:
+        raise PrunelabError(f"effective sparsity of {type(model).__name__}: the model takes positional and "
+                            "keyword inputs together, which the connectivity analysis cannot feed")
+    return effective_masks(model, masks, example_input=example)
+
+
 def _effective(model: nn.Module, masks: Masks, input_shape: tuple[int, ...] | None, adapter: ModelAdapter):
-    """(effective masks or None, note explaining a None). Models that are not plain tensor models are
-    analysed on the adapter's dummy input (token ids for language models)."""
+    """(effective masks or None, note explaining a None)."""
     try:
-        if type(adapter) is TensorAdapter:
-            return effective_masks(model, masks, input_shape=input_shape), None
-        if input_shape is None:
+        if type(adapter) is not TensorAdapter and input_shape is None:
             return None, "effective sparsity not computed: no input shape"
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-        args, kwargs = adapter.dummy_input(model, input_shape, dtype=dtype, device=device)
-        example = kwargs if not args else args if not kwargs else None
-        if example is None:
-            return None, "effective sparsity not computed: the model takes positional and keyword inputs"
-        return effective_masks(model, masks, example_input=example), None
+        return model_effective_masks(model, masks, input_shape, adapter), None
     except PrunelabError as exc:  # e.g. an op the connectivity analysis does not support
         return None, f"effective sparsity not computed: {exc}"
 

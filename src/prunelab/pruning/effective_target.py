@@ -40,9 +40,10 @@ from typing import Any
 
 from torch import nn
 
-from prunelab.analysis.effective import effective_masks
+from prunelab.analysis.sparsity import model_effective_masks
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
+from prunelab.models.adapters import TensorAdapter, adapter_for
 from prunelab.pruning.direct import prune_direct
 
 
@@ -122,12 +123,16 @@ def _search(
     already = total - start.num_kept()
     cache: dict[int, tuple[Masks, Masks, nn.Module]] = {}
     evaluations: list[Evaluation] = []
+    adapter = prune_kwargs.get("adapter") or adapter_for(model)  # token models: connectivity of their ids
+    shape = input_shape
+    if shape is None and type(adapter) is not TensorAdapter:
+        shape = adapter.default_input_shape(model)
 
     def meets(k: int) -> bool:
         if k not in cache:
             pruned_copy = copy.deepcopy(model)
             masks = prune_direct(pruned_copy, k / total, criterion, allocation, data, seed, **prune_kwargs)
-            eff = effective_masks(pruned_copy, masks, input_shape)
+            eff = model_effective_masks(pruned_copy, masks, shape, adapter)
             eff = eff if isinstance(eff, Masks) else Masks(eff)
             cache[k] = (masks, eff, pruned_copy)
             evaluations.append(Evaluation(k, masks.num_kept(), eff.num_kept()))
