@@ -53,6 +53,7 @@ from prunelab.analysis import effective_ops as ops
 from prunelab.analysis.effective_ops import Act, Network, Param, Unsupported
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
+from prunelab.models.adapters import TensorAdapter, UnsupportedAdapter, adapter_for
 from prunelab.utils import compression_ratio
 
 _FX_FUNCTIONS = ops.fx_function_rules()
@@ -89,6 +90,19 @@ class _Run:
         self.net = net
         self.alias = alias
         self.what = what  # how the inputs were given, for "does not fit" messages
+        self.token_nodes: set[torch.fx.Node] = set()  # nodes whose value derives from integer model inputs
+
+    def tokens(self, node: torch.fx.Node, value: Any) -> None:
+        """Mark an integer model input (token ids) and what is computed from it."""
+        found = [v for v in ([value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else [])
+                 if isinstance(v, Tensor) and not v.is_floating_point()]
+        if found:
+            self.token_nodes.add(node)
+            self.net.token_values.update(id(v) for v in found)
+
+    def user_input(self, node: torch.fx.Node, value: Any) -> Any:
+        self.tokens(node, value)
+        return _Inputs.live(value)
 
     def attribute(self, owner: nn.Module, target: str) -> Any:
         obj: Any = owner
@@ -131,7 +145,10 @@ class _Run:
         args = torch.fx.node.map_arg(node.args, env.__getitem__)
         kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
         try:
-            return self.call(node.op, node.target, args, kwargs)
+            out = self.call(node.op, node.target, args, kwargs)
+            if any(n in self.token_nodes for n in node.all_input_nodes):  # computed from token ids
+                self.tokens(node, out)
+            return out
         except (RuntimeError, IndexError) as exc:
             raise PrunelabError(
                 f"{self.what} does not fit the model: {node.op} {_op_name(node.target)!r} failed "
@@ -145,9 +162,9 @@ class _Run:
             if node.op == "placeholder":
                 name = str(node.target).lstrip("*")
                 if positional:
-                    env[node] = inputs.live(positional.pop(0))
+                    env[node] = self.user_input(node, positional.pop(0))
                 elif name in inputs.kwargs:
-                    env[node] = inputs.live(inputs.kwargs[name])
+                    env[node] = self.user_input(node, inputs.kwargs[name])
                 elif node.args:
                     env[node] = node.args[0]
                 else:
@@ -179,7 +196,7 @@ class _Run:
             elif spec.kind == InputKind.CONSTANT_TENSOR:
                 env[node] = ep.constants[spec.target]
             elif spec.kind == InputKind.USER_INPUT:
-                env[node] = inputs.live(next(user))
+                env[node] = self.user_input(node, next(user))
             else:
                 raise Unsupported(f"torch.export input of kind {spec.kind.name} is not supported")
         for node in ep.graph.nodes:
@@ -284,6 +301,12 @@ def _inputs(model: nn.Module, input_shape: Sequence[int] | None, example_input: 
             f"example_input must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
             f"got {type(example_input).__name__}"
         )
+    adapter = adapter_for(model)
+    if not isinstance(adapter, (TensorAdapter, UnsupportedAdapter)):  # a transformers model with a head
+        shape = tuple(input_shape) if input_shape is not None else adapter.default_input_shape(model)
+        shape = _input_shape(model, shape)
+        args, kwargs = adapter.dummy_input(model, shape, dtype=torch.float32, device=device)
+        return _Inputs(tuple(args), dict(kwargs), f"input_shape {shape}")
     shape = _input_shape(model, input_shape)
     if isinstance(_first_leaf(model), nn.Embedding):  # token ids: the embedding output is the input
         return _Inputs((torch.zeros((1, *shape), dtype=torch.long, device=device),), {}, f"input_shape {shape}")

@@ -205,6 +205,7 @@ class Network:
         #: masked key -> [(boolean output r, output unit axis, weight unit axis)] of its weight uses
         self.records: dict[str, list[tuple[Tensor, int, int]]] = {}
         self.used: set[str] = set()  # masked keys read in forward()
+        self.token_values: set[int] = set()  # id() of the integer values computed from the model's inputs
         for key, mask in masks.items():
             self.leaves[key] = mask.to(device=device, dtype=torch.float32).requires_grad_(True)
 
@@ -626,14 +627,23 @@ def _conv_fn(transposed: bool) -> Callable:
 
 
 def embedding(net: Network, weight: Any, ids: Any, name: str = "", padding_idx: int | None = None) -> Act:
-    """Embedding lookup: every row (token) is an input unit that any position may hold, so output
-    feature f at every position is reached iff some row keeps its entry f; an entry (row, f) is
-    effective iff kept and feature f reaches an output at some position. The ``padding_idx`` row is
-    a fixed pad vector (never trained, zero by default), not an input unit."""
+    """Embedding lookup.
+
+    Indices that come from the model's inputs (token ids): every row (token) is an input unit that any
+    position may hold, so output feature f at every position is reached iff some row keeps its entry
+    f, and an entry (row, f) is effective iff kept and feature f reaches an output at some position;
+    the ``padding_idx`` row is a fixed pad vector (never trained, zero by default), not an input unit.
+    Constant indices (position ids from ``arange`` or a buffer, relative-position buckets): the rows
+    read, as the lookup reads them.
+    """
     if isinstance(ids, (Act, Param)):
         raise Unsupported(f"{name}: embedding indices computed from activations are not supported")
     if isinstance(weight, Param):
         conn = weight.conn
+        if id(ids) not in net.token_values:
+            r = F.embedding(ids, conn)
+            net.record(weight, r, -1, 1)
+            return Act(r)
         if padding_idx is not None and 0 <= padding_idx < conn.shape[0]:
             keep = torch.ones(conn.shape[0], 1, dtype=conn.dtype, device=conn.device)
             keep[padding_idx] = 0.0
