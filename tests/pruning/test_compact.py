@@ -287,11 +287,16 @@ def tiny(kind: str):
                                       vocab_size=50, max_position_embeddings=16)
         model = transformers.BertModel(cfg)
         names = ("encoder.layer.0.attention.self", "encoder.layer.1.intermediate.dense", 64)
-    else:
+    elif kind == "gpt2":
         cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=16, vocab_size=50,
                                       bos_token_id=0, eos_token_id=0)
         model = transformers.GPT2LMHeadModel(cfg)
         names = ("transformer.h.0.attn", "transformer.h.1.mlp.c_fc", 128)
+    else:  # the bare transformer: its trace meets the split's outputs in another order
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=16, vocab_size=50,
+                                      bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2Model(cfg)
+        names = ("h.0.attn", "h.1.mlp.c_fc", 128)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -302,11 +307,11 @@ def tiny(kind: str):
 
 def token_inputs(model, seed: int, kind: str, n: int = 3):
     ids = torch.randint(0, 50, (n, 10), generator=torch.Generator().manual_seed(seed))
-    return {"input_ids": ids, "use_cache": False} if kind == "gpt2" else {"input_ids": ids}
+    return {"input_ids": ids, "use_cache": False} if kind.startswith("gpt2") else {"input_ids": ids}
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind,bias", [("bert", True), ("bert", False), ("gpt2", True), ("gpt2", False),
+                                       ("gpt2-base", False)])
 def test_transformer_heads_and_mlp_channels(kind, bias):
     model, (att, mlp, width) = tiny(kind)
     keep = torch.ones(width, dtype=torch.bool)

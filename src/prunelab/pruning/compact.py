@@ -73,6 +73,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
@@ -82,10 +83,10 @@ from prunelab.models.resnet import PadShortcut
 try:  # a declared dependency; compact() says so if an installation lacks it
     import torch_pruning as tp
 
-    try:  # torch-pruning >= 1.5 (a dependency package); 1.4 kept it in dependency.py
-        from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+    try:  # torch-pruning >= 1.5 (a dependency package); 1.4 kept them in dependency.py
+        from torch_pruning.dependency.index_mapping import _FlattenIndexMapping, _SplitIndexMapping
     except ImportError:  # pragma: no cover - older torch-pruning
-        from torch_pruning.dependency import _SplitIndexMapping  # type: ignore[no-redef]
+        from torch_pruning.dependency import _FlattenIndexMapping, _SplitIndexMapping  # type: ignore[no-redef]
 except ImportError:  # pragma: no cover - exercised only without the dependency
     tp = None
 
@@ -451,23 +452,82 @@ def _check_no_hooks(model: nn.Module) -> None:
             )
 
 
-def _fix_last_dim_splits(dg: Any) -> None:
-    """Index mapping through ``split`` along the last dim of a >= 3-D tensor (GPT-2's fused qkv)."""
+class _OutputShapes(TorchFunctionMode):
+    """Records the shape of every tensor a torch function returns, by its autograd node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[Any, tuple[int, ...]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor) and t.grad_fn is not None:
+                self.shapes[t.grad_fn] = tuple(t.shape)
+        return out
+
+
+def _fix_reshapes(dg: Any, shapes: Mapping[Any, tuple[int, ...]]) -> None:
+    """Reshapes that only split or merge the channel dimension map channel indices one to one.
+
+    Torch-Pruning gives every reshape of a 4-D tensor a flatten mapping (channel ``c`` of a (N, C, H, W)
+    map -> features ``c*H*W ... (c+1)*H*W - 1``), which is right for a conv net's ``flatten`` into its
+    classifier but wrong for a transformer's (batch, tokens, heads, head_dim) -> (batch, tokens,
+    hidden) reshape, where it sends head dimension ``j`` of one head to another index. Only 4-D -> 2-D
+    reshapes keep that mapping here; the others become pass-through ops (identity mapping).
+    """
+    for node in dg.module2node.values():
+        if node.type != tp.ops.OPTYPE.RESHAPE:
+            continue
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None) or getattr(node.grad_fn, "_saved_self_sizes", None)
+        out = shapes.get(node.grad_fn)
+        if sizes is None or out is None or (len(sizes) == 4 and len(out) == 2):
+            continue
+        node.type = tp.ops.OPTYPE.ELEMENTWISE  # Torch-Pruning's index updates no longer touch it
+        for dep in node.dependencies:
+            if isinstance(dep.index_mapping[0], _FlattenIndexMapping):
+                dep.index_mapping[0] = None
+        for other in node.inputs + node.outputs:
+            for dep in other.dependencies:
+                if dep.target is node and isinstance(dep.index_mapping[0], _FlattenIndexMapping):
+                    dep.index_mapping[0] = None
+
+
+def _fix_splits(dg: Any) -> None:
+    """Index mappings through channel splits, each output matched to its chunk by autograd's output number.
+
+    Torch-Pruning maps a split only along dim 1 and pairs the split's graph outputs with its chunks in
+    the order the trace met them, which need not be the split's order (GPT-2's ``query, key, value =
+    c_attn(x).split(...)``: the trace meets key and value first). Here splits along dim 1 or along the
+    last dim of a >= 3-D (batch, tokens, channels) tensor are mapped, output ``k`` of the split to the
+    k-th chunk, read from the ``output_nr`` of the consumer's autograd edge.
+    """
     for node in dg.module2node.values():
         if node.type != tp.ops.OPTYPE.SPLIT or not node.enable_index_mapping:
             continue
         sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
         dim = getattr(node.grad_fn, "_saved_dim", None)
         offsets = node.module.offsets
-        if sizes is None or dim is None or offsets is None or len(sizes) < 3 or dim != len(sizes) - 1:
+        if sizes is None or dim is None or offsets is None or not 0 <= dim < len(sizes):
             continue
-        for i, out_node in enumerate(node.outputs):
+        if not (dim == 1 or (len(sizes) >= 3 and dim == len(sizes) - 1)):
+            continue
+        chunks = []
+        for out_node in node.outputs:
+            numbers = {nr for fn, nr in getattr(out_node.grad_fn, "next_functions", ()) if fn is node.grad_fn}
+            if len(numbers) != 1:
+                break  # several chunks into one op: leave Torch-Pruning's mapping
+            chunks.append((out_node, numbers.pop()))
+        if len(chunks) != len(node.outputs) or not chunks:
+            continue
+        for out_node, k in chunks:
             for dep in node.dependencies:
                 if dep.target == out_node:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2], reverse=False)
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[k : k + 2], reverse=False)
             for dep in out_node.dependencies:
                 if dep.target == node:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2], reverse=True)
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[k : k + 2], reverse=True)
+        node.type = tp.ops.OPTYPE.ELEMENTWISE  # so that Torch-Pruning's index updates keep these mappings
 
 
 def _is_weighted(m: Any) -> bool:
@@ -507,13 +567,20 @@ class _Planner:
         pruners: dict[Any, Any] = {SelectPadShortcut: _SelectPadPruner()}
         for cls in {type(m) for m in work.modules() if is_conv1d(m)}:
             pruners[cls] = _Conv1DPruner()
+        recorder = _OutputShapes()
+
+        def forward(m: nn.Module, x: Any) -> list[Tensor]:
+            with recorder:
+                return _tensors(_call(m, x))
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.dg = tp.DependencyGraph().build_dependency(
-                work, inputs, forward_fn=lambda m, x: _tensors(_call(m, x)), customized_pruners=pruners,
-                verbose=False,
+                work, inputs, forward_fn=forward, customized_pruners=pruners, verbose=False,
             )
-        _fix_last_dim_splits(self.dg)
+        _fix_reshapes(self.dg, recorder.shapes)
+        _fix_splits(self.dg)
+        recorder.shapes.clear()
 
     # -- measurements ---------------------------------------------------------------------------
     def measure(self) -> dict[nn.Module, Tensor]:
@@ -625,36 +692,39 @@ class _Planner:
             a = self.att_of.get(target) if isinstance(target, nn.Module) else None
             if a is None or not self.dg.is_out_channel_pruning_fn(item.dep.handler):
                 continue
-            per_head: dict[int, list[int]] = {}
+            per_head: dict[int, tuple[set[int], set[int]]] = {}  # head -> (its indices here, their roots)
             for i, r in zip(item.idxs, item.root_idxs):
                 if int(r) in good:
-                    per_head.setdefault(a.head_of(target, int(i)), []).append(int(r))
-            whole = a.head_dim * (3 if a.fused else 1)
-            for h, rts in per_head.items():
-                if len(rts) != whole:
+                    idx, rts = per_head.setdefault(a.head_of(target, int(i)), (set(), set()))
+                    idx.add(int(i))
+                    rts.add(int(r))
+            whole = a.head_dim * (3 if a.fused else 1)  # a fused projection holds the q, k and v rows
+            for h, (idx, rts) in per_head.items():
+                if len(idx) != whole:
                     for r in rts:
                         bad.setdefault(r, f"would remove only part of head {self.head_ids[a.name][h]} of {a.name}")
         return bad
 
     def plan(self, layer: nn.Module, values: dict[nn.Module, Tensor]) -> tuple[list[int], dict[int, str], list]:
-        """(removable roots, kept root -> reason, folds) for ``layer``."""
-        cand = self.candidates(layer)
-        if not cand:
-            return [], {}, []
-        bad, folds = self.judge(layer, cand, values)
-        good = [r for r in cand if r not in bad]
+        """(removable roots, kept root -> reason, folds) for ``layer``.
+
+        A group of several roots lists an index shared by two roots under one of them, so after
+        dropping bad roots the rest is judged again, until nothing changes."""
+        good = self.candidates(layer)
+        bad: dict[int, str] = {}
+        folds: list = []
         while good:
-            group = self.dg.get_pruning_group(layer, self.out_fn(layer), good)
-            extra = self.head_filter(group, set(good))
-            if not extra:
-                if self.dg.check_pruning_group(group):
-                    break
-                extra = {good[-1]: "the last unit of a layer or head (Torch-Pruning keeps at least one channel)"}
-            bad.update(extra)
-            good = [r for r in good if r not in bad]
-        keep = set(good)
-        folds = [(c, [(i, r) for i, r in pairs if r in keep]) for c, pairs in folds]
-        return good, bad, [(c, pairs) for c, pairs in folds if pairs]
+            new_bad, folds = self.judge(layer, good, values)
+            if not new_bad:
+                group = self.dg.get_pruning_group(layer, self.out_fn(layer), good)
+                new_bad = self.head_filter(group, set(good))
+                if not new_bad:
+                    if self.dg.check_pruning_group(group):
+                        break
+                    new_bad = {good[-1]: "the last unit of a layer or head (Torch-Pruning keeps at least one channel)"}
+            bad.update(new_bad)
+            good = [r for r in good if r not in new_bad]
+        return good, bad, (folds if good else [])
 
     def step(self, layer: nn.Module) -> bool:
         """Remove what can be removed of ``layer``'s pruned units; whether anything was."""
