@@ -604,6 +604,32 @@ def test_weight_of_shape_in_out_used_by_addmm():
     assert (rep["0.weight"].units, rep["0.weight"].dead_units, rep["0.weight"].no_input) == (2, 1, 1)
 
 
+def test_transposed_conv_units_are_weight_dim_1():
+    # ConvTranspose2d weight is (in, out, kh, kw): output channel 1 has no input, the Linear's columns
+    # that read it (4-7 after flattening (channel, 2, 2)) are ineffective
+    model = nn.Sequential(nn.ConvTranspose2d(1, 2, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    conv = torch.ones(1, 2, 2, 2, dtype=torch.bool)
+    conv[0, 1] = False
+    masks = {"0.weight": conv, "3.weight": torch.ones(1, 8, dtype=torch.bool)}
+    assert_masks(effective_masks(model, masks, input_shape=(1, 1, 1)), {"3.weight": cols(1, 8, [0, 1, 2, 3])})
+    rep = {l.name: l for l in effective_report(model, masks, input_shape=(1, 1, 1)).layers}
+    assert (rep["0.weight"].units, rep["0.weight"].dead_units, rep["0.weight"].no_input) == (2, 1, 1)
+
+
+def test_normalize_keeps_zero_units_zero():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 3)
+            self.b = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.b(F.normalize(self.a(x), dim=-1))
+
+    masks = {"a.weight": rows(3, 2, [0, 2]), "b.weight": torch.ones(1, 3, dtype=torch.bool)}
+    assert_masks(effective_masks(Net(), masks), {"b.weight": cols(1, 3, [0, 2])})
+
+
 class ShapeBranch(nn.Module):
     """Control flow on a shape: torch.fx cannot trace it, torch.export specialises it."""
 

@@ -185,6 +185,11 @@ class _Run:
 
         flat = torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]
         specs = list(ep.graph_signature.input_specs)
+        if sum(s.kind == InputKind.USER_INPUT for s in specs) != len(flat):
+            raise Unsupported(
+                f"the torch.export graph takes {sum(s.kind == InputKind.USER_INPUT for s in specs)} inputs, the "
+                f"example input has {len(flat)}"
+            )
         user = iter(flat)
         env: dict[torch.fx.Node, Any] = {}
         placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]

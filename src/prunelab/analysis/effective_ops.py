@@ -707,6 +707,14 @@ def rms_norm(net: Network, x: Any, k: int, w: Any) -> Act:
     return _scale_last(net, product(net, torch.mul, a, s), w, k)
 
 
+def _normalize_fn(net: Network, fn: Callable, args: tuple, kwargs: dict, name: str = "") -> Act:
+    """F.normalize: x / max(||x||_p over dim, eps), x times a mixing of the axis that is never 0."""
+    a = net.as_act(args[0])
+    dim = _arg(args, kwargs, 2, "dim", 1)
+    s = Act(boolean(a.r.sum(dim, keepdim=True)).expand_as(a.r), torch.ones_like(a.r))
+    return product(net, torch.mul, a, s)
+
+
 def batch_norm(net: Network, x: Any, w: Any) -> Act:
     """BatchNorm in inference form: a per-channel 0/1 scale (mask times ``weight != 0``)."""
     return _scale_channels(net, net.as_act(x), w)
@@ -1028,6 +1036,7 @@ def fx_function_rules() -> dict[Any, Rule]:
         F.hardsigmoid: elementwise(False), F.logsigmoid: elementwise(False), F.softplus: elementwise(False),
         F.pad: _pad_fn, torch.where: _where_fn, F.linear: _linear_fn, F.glu: _glu_fn,
         F.scaled_dot_product_attention: _sdpa_fn, torch.einsum: einsum, torch.pow: _pow_rule,
+        F.normalize: _normalize_fn,
     })
     for fn in (F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices):
         table.pop(fn, None)
