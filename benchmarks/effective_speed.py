@@ -5,8 +5,13 @@ random and by magnitude pruning (global allocation), time ``effective_masks`` an
 forward + backward pass at batch 1 on the CPU, in the same process, and print the median of a few
 repeats of each and their ratio (target: <= 3).
 
-    python benchmarks/effective_speed.py            # 7 repeats
-    python benchmarks/effective_speed.py --quick    # 3 repeats, ~20 s
+    python benchmarks/effective_speed.py                  # 7 repeats
+    python benchmarks/effective_speed.py --quick          # 3 repeats, ~20 s
+    python benchmarks/effective_speed.py --transformers   # also small BERT / ViT (torch.export path)
+
+The transformers rows (needs ``transformers``; models built from configs, nothing downloaded) go
+through ``torch.export``, which fx cannot trace them with: their cost is mostly the export (a one-time
+warm-up of several seconds in a process, then a fixed cost per call).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sparsity", type=float, default=0.99)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--transformers", action="store_true", help="also time small HF BERT and ViT models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
@@ -65,6 +71,46 @@ def main() -> None:
             row = effective_report(model, masks).to_row()
             print(f"{name:<9} {criterion:<10} {1e3 * t_fb:10.1f} {1e3 * t_eff:12.1f} {t_eff / t_fb:6.2f} "
                   f"{row['direct_sparsity']:8.4f} {row['effective_sparsity']:9.4f}")
+    if args.transformers:
+        transformers_rows(args.sparsity, repeats)
+
+
+def transformers_rows(sparsity: float, repeats: int) -> None:
+    """BERT (4 layers, width 256, 128 tokens) and ViT (4 layers, width 192, 32x32 images of 4x4 patches),
+    random pruning of every weight but the embeddings' at ``sparsity``."""
+    try:
+        import transformers
+    except ImportError:
+        print("transformers is not installed: no transformers rows")
+        return
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    models = {
+        "bert": (transformers.BertModel(transformers.BertConfig(
+            vocab_size=1000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+            max_position_embeddings=128)), {"input_ids": torch.randint(1, 1000, (1, 128))}),
+        "vit": (transformers.ViTModel(transformers.ViTConfig(
+            image_size=32, patch_size=4, hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
+            intermediate_size=768)), {"pixel_values": torch.randn(1, 3, 32, 32)}),
+    }
+    for name, (model, example) in models.items():
+        gen = torch.Generator().manual_seed(0)
+        masks = {k: torch.rand(p.shape, generator=gen) >= sparsity for k, p in model.named_parameters()
+                 if p.dim() > 1 and "embeddings" not in k}
+
+        def forward_backward() -> None:
+            model.zero_grad(set_to_none=True)
+            out = model(**example)
+            out.last_hidden_state.sum().backward()
+
+        def effective() -> None:
+            effective_masks(model, masks, example_input=example)
+
+        t_fb = median_seconds(forward_backward, repeats)
+        t_eff = median_seconds(effective, repeats)
+        row = effective_report(model, masks, example_input=example).to_row()
+        print(f"{name:<9} {'random':<10} {1e3 * t_fb:10.1f} {1e3 * t_eff:12.1f} {t_eff / t_fb:6.2f} "
+              f"{row['direct_sparsity']:8.4f} {row['effective_sparsity']:9.4f}")
 
 
 if __name__ == "__main__":
