@@ -16,8 +16,9 @@ For each model, in one process, on the same inputs:
 
 Latency is the median of ``--repeats`` (3) timed forward passes -- ``repeats * 64 / batch``, at most 50,
 at smaller batches -- after warm-up passes (2; 1 at batch >= 16); the variants take turns, so a change
-in machine load hits all of them; all under ``torch.inference_mode``, at batch 1 and 64 (``--batches``); size is the bytes of parameters and
-buffers (sparse layers: values + int32 indices + bias). Ratios are against ``dense`` of the same
+in machine load hits all of them; all under ``torch.inference_mode``, at batch 1 and 64
+(``--batches``). Size is the bytes of parameters and buffers (sparse layers: values + int32 indices +
+bias). Ratios are against ``dense`` of the same
 model and batch: ``speedup`` = dense time / time (> 1 is faster), ``size`` = bytes / dense bytes.
 CUDA rows follow when a GPU is present (``--device`` also picks one explicitly).
 

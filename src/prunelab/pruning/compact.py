@@ -42,16 +42,23 @@ the masked model's (float tolerance), else a :class:`~prunelab.errors.PrunelabEr
 statistics; in train mode a BatchNorm normalises with batch statistics, and a constant channel's
 statistics differ).
 
-**What Torch-Pruning does not do, done here:** it has no pruner for ``transformers``' ``Conv1D``
-(registered as a customised pruner: weight stored ``(in, out)``); it treats ``F.pad`` over channels
-(option-A shortcuts, :class:`~prunelab.models.resnet.PadShortcut`) as an element-wise op, coupling
-channel ``j`` of a 32-channel stage with channel ``j`` of the 16-channel stage before it (replaced by
-:class:`SelectPadShortcut`, with its own customised pruner); it maps indices through ``split`` only
-along dim 1, not along the last dim of a (batch, tokens, channels) tensor, so GPT-2's fused
-``c_attn.split(...)`` would couple q's head h with the wrong columns of ``c_proj`` (the same
-``_SplitIndexMapping`` is installed for last-dim splits); its head bookkeeping (``num_heads``) lives in
-its ``MetaPruner`` and does not update ``transformers`` modules; it does not know which units are
-constant, folds no bias, and does not flag a group that reaches a model output.
+**What Torch-Pruning (1.6) does not do, done here:**
+
+* no pruner for ``transformers``' ``Conv1D`` (GPT-2; weight stored ``(in, out)``): a customised pruner;
+* ``F.pad`` over channels (option-A shortcuts, :class:`~prunelab.models.resnet.PadShortcut`) is taken
+  for an element-wise op, coupling channel ``j`` of a 32-channel stage with channel ``j`` of the
+  16-channel stage before it (index 20 of stage 2 "is" index 20 of a 16-channel stage): the
+  shortcuts are replaced by :class:`SelectPadShortcut`, with its own customised pruner;
+* a ``split`` is mapped only along dim 1, and its graph outputs are paired with its chunks in the
+  order the trace met them: GPT-2's ``query, key, value = c_attn(x).split(E, dim=2)`` is not mapped
+  at all (q's head h coupled with the wrong columns of ``c_proj``), and where it is, the order can be
+  wrong; here splits along dim 1 or the last dim are mapped by each consumer's autograd output number;
+* every reshape of a 4-D tensor gets a conv-flatten index mapping (channel ``c`` -> features
+  ``c*H*W...``), also a transformer's (batch, tokens, heads, head_dim) -> (batch, tokens, hidden)
+  merge, where it scrambles head dimensions (seen on ``GPT2Model``): only 4-D -> 2-D reshapes keep it;
+* its head bookkeeping (``num_heads``) lives in its ``MetaPruner`` and does not update
+  ``transformers`` modules; it does not know which units are constant, folds no bias, and a group that
+  reaches a model output (a classifier row) is not flagged.
 
 Masks come from :mod:`prunelab.pruning.structured` (``expand_unit_masks``: weight rows plus bias and
 BatchNorm entries, so removed units are exactly zero) or any masks whose rows are all pruned;
@@ -737,7 +744,7 @@ class _Planner:
         for consumer, pairs in folds:
             if isinstance(consumer, SelectPadShortcut):
                 continue  # only zeros reach it (judge)
-            idxs = [i for i, _ in pairs]
+            idxs = list(dict.fromkeys(i for i, _ in pairs))  # an index reached from two roots is listed twice
             value = values[consumer][0, idxs]
             if bool(value.ne(0).any()):
                 _fold(consumer, idxs, value)
