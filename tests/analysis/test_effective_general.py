@@ -652,6 +652,40 @@ def test_torch_export_fallback_when_fx_cannot_trace():
     assert_masks(effective_masks(ShapeBranch(), masks), {"fc2.weight": cols(2, 3, [0, 2])})
 
 
+class NormConvNet(nn.Module):
+    """conv-BN-ReLU, conv-GroupNorm, max-pool, flatten, LayerNorm, Linear; ``branch``: a shape test fx
+    cannot trace (so the ATen graph of torch.export is used)."""
+
+    def __init__(self, branch: bool) -> None:
+        super().__init__()
+        self.branch = branch
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.ln = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 3)
+        self.input_shape = (2, 4, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c1(x)))
+        if self.branch and y.shape[-1] > 2:
+            y = y * 1.0
+        y = F.max_pool2d(self.gn(self.c2(y)), 2)
+        return self.fc(self.ln(y.flatten(1)))
+
+
+def test_torch_export_graph_gives_the_fx_answer():
+    gen = torch.Generator().manual_seed(0)
+    fx_net, export_net = NormConvNet(False), NormConvNet(True)
+    for _ in range(4):
+        with torch.no_grad():  # some BatchNorm channels cut
+            fx_net.bn.weight.copy_((torch.rand(4, generator=gen) > 0.3).float())
+        export_net.load_state_dict(fx_net.state_dict())
+        masks = {k: torch.rand(p.shape, generator=gen) < 0.3 for k, p in fx_net.named_parameters() if "bias" not in k}
+        assert effective_masks(export_net, masks) == effective_masks(fx_net, masks)
+
+
 def test_unsupported_op_is_a_one_line_error_naming_it():
     class Sorted(nn.Module):
         def __init__(self) -> None:

@@ -520,6 +520,9 @@ def div(net: Network, fn: Callable, args: tuple, kwargs: dict, name: str = "") -
     """a / b = a * (1 / b), where 1 / b is non-zero everywhere (infinite where b is 0)."""
     a = _arg(args, kwargs, 0, "input", kwargs.get("self"))
     b = _arg(args, kwargs, 1, "other")
+    if isinstance(a, Act) and isinstance(b, Param):  # x / parameter: a scale, cut where masked
+        r = a.r * b.conn
+        return Act(r, None if a.n is None else a.n * _pos(b.conn.detach()))
     if isinstance(b, (Act, Param)):
         rb = net.as_act(b)
         recip = Act(rb.r, torch.ones_like(rb.r))
