@@ -346,3 +346,16 @@ def test_part_of_a_head_stays():
     masks = unit_masks(model, {f"{att}.query": q2})  # the whole head's queries, but keys/values live
     res = compact(model, masks, token_inputs(model, 0, "bert"))
     assert res.removed == {} and "coupled with live unit 8 of" in res.kept[f"{att}.query"][8]
+
+
+def test_transformers_example_inputs_come_from_the_model_adapter():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                  vocab_size=50, max_position_embeddings=16, num_labels=3)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    res = compact(model, head_masks(model, {"bert.encoder.layer.1.attention.self": [0]}))  # no example_inputs
+    assert res.heads_removed == {"bert.encoder.layer.1.attention.self": [0]}
+    assert res.params_after == res.params_before - (3 * 8 * 33 + 8 * 32)
+    ids = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(5))
+    assert_same(masked(model, head_masks(model, {"bert.encoder.layer.1.attention.self": [0]})), res.model,
+                {"input_ids": ids})
