@@ -15,8 +15,12 @@ there). Each unit asks two questions, one per direction; the pipeline closes the
    at which a float64 forward pass shows a flip, so the MILPs are left with (mostly) stable units.
 4. **LP relaxation** (``prove.py``, ``lp=True``): one LP per open candidate over the big-M model
    with the binaries relaxed; an LP optimum below the margin proves the sign ("lp").
-5. **MILP** (``prove.py``): ``method="single_milp"`` (NeurIPS 2021) or ``"per_unit"`` (CPAIOR 2020
-   baseline); both use the same big-M model (``milp.py``) and return the same sets.
+5. **MILP** (``prove.py``): ``method="single_milp"`` (NeurIPS 2021, as a restart loop) or
+   ``"per_unit"`` (CPAIOR 2020 baseline); ``"callback_milp"`` (``callback_milp.py``) is NeurIPS
+   2021's Algorithm 1 as the authors run it, one network MILP solved once whose new-incumbent
+   callback collects every incumbent's flips (``solver="scip"``: constraint handler + LP injection
+   heuristic; ``"highs"``: solution/interrupt callbacks with restarts, the closest HiGHS allows). All
+   use the same big-M model (``milp.py``) and return the same sets.
 
 A unit *both* of whose questions are answered by witnesses is *unstable*; one proven in either
 direction is stable (proven in both means ``|g| < eps`` on D: we call it inactive and delete it).
@@ -49,13 +53,14 @@ from torch import nn
 
 from prunelab.analysis.affine import AffineLayer, mlp_layers
 from prunelab.analysis.exact.bounds import LayerBounds, compute_bounds
+from prunelab.analysis.exact.callback_milp import check_solver, prove_callback_milp
 from prunelab.analysis.exact.candidates import Candidates, search_witnesses, settle_by_bounds, settle_by_witnesses
 from prunelab.analysis.exact.domain import Box, make_box, points_in_box
 from prunelab.analysis.exact.milp import ACTIVE, INACTIVE
 from prunelab.analysis.exact.prove import prove_by_lp, prove_per_unit, prove_single_milp
 from prunelab.errors import PrunelabError
 
-METHODS = ("single_milp", "per_unit")
+METHODS = ("single_milp", "per_unit", "callback_milp")
 POOL_DATA = 5000  # data points (random subset) from which the gradient search may start
 POOL_UNIFORM = 256  # plus this many uniform points of the domain
 STATUSES = ("active", "inactive", "unstable", "unresolved")
@@ -208,13 +213,17 @@ def find_stable_neurons(
     seed: int = 0,
     threads: int = 1,
     progress: bool = False,
+    solver: str = "highs",
 ) -> StabilityResult:
     """Find the stably active and stably inactive hidden ReLUs of an MLP over the box ``domain``.
 
     ``domain``: (lower, upper) scalars or tensors with one entry per input (or ``"box:0,1"``).
     ``data``: optional inputs (N, ...) inside the box, whose forward pass rules out candidates.
     ``time_limit``: seconds for the MILP stage (None = no limit); what it leaves open is unresolved.
-    ``method``: ``"single_milp"`` (NeurIPS 2021) or ``"per_unit"`` (CPAIOR 2020 baseline).
+    ``method``: ``"single_milp"`` (NeurIPS 2021, restart loop), ``"per_unit"`` (CPAIOR 2020 baseline)
+    or ``"callback_milp"`` (NeurIPS 2021 Algorithm 1: one network MILP, incumbents collected by the
+    solver's callback), the latter with ``solver="highs"`` or ``"scip"`` (needs ``pyscipopt``); the
+    other methods run on HiGHS only.
     ``eps``: the flip margin of the MILPs. ``n_samples`` uniform points of D (seeded by ``seed``) and
     the bound corners are extra witnesses (0 turns both off); ``search_steps`` of gradient search
     from ``search_starts`` points per candidate (0 turns it off). ``threads``: HiGHS threads (0: its
@@ -223,6 +232,10 @@ def find_stable_neurons(
     ``time_limit`` covers the LP and MILP stages.
     """
     _check_options(method, time_limit, eps, n_samples)
+    if method == "callback_milp":
+        check_solver(solver)
+    elif solver != "highs":
+        raise PrunelabError(f"method {method!r} runs on HiGHS only; solver={solver!r} needs method='callback_milp'")
     for name, value in (("search_steps", search_steps), ("search_starts", search_starts), ("threads", threads)):
         if not isinstance(value, int) or value < 0:
             raise PrunelabError(f"{name} must be a non-negative integer, got {value!r}")
@@ -252,8 +265,11 @@ def find_stable_neurons(
     lp_solves = prove_by_lp(state, layers, bounds, fixed, box, float(eps), deadline, threads, progress) if lp else 0
     t5 = time.perf_counter()
     milp_candidates = len(state.open_candidates())
-    solver = prove_single_milp if method == "single_milp" else prove_per_unit
-    solves = solver(state, layers, bounds, fixed, box, float(eps), deadline, threads, progress)
+    if method == "callback_milp":
+        solves = prove_callback_milp(state, layers, bounds, fixed, box, float(eps), deadline, threads, progress, solver)
+    else:
+        prove = prove_single_milp if method == "single_milp" else prove_per_unit
+        solves = prove(state, layers, bounds, fixed, box, float(eps), deadline, threads, progress)
     t6 = time.perf_counter()
     timings = {
         "witness": (t1 - t0) + (t3 - t2),
