@@ -42,7 +42,9 @@ This is the ``epoch`` the Early-Bird code prints at the top of its loop (its che
 the window is full) and, on the epoch the ticket is found, ``eb_<rule>_found = True`` into the
 history row; with ``stop=True`` it ends training there, otherwise it keeps a CPU copy of the weights
 at that epoch (``ticket_state``) so that one full run gives both the early-bird and the fully trained
-network.
+network. For resumable training (``fit(..., checkpoint=...)``) each callback's ``state_dict`` holds
+the detector (the window of past snapshots, ``found_epoch``, the curve) and ``ticket_state``, so a
+stopped and resumed run finds the same early bird with the same weights.
 
 :class:`BNScaleL1` is the sparsity penalty on BatchNorm scales that EB training uses (network
 slimming, Liu et al. 2017, Eq. 1; EB code: ``s = 1e-4``). The ``bn_scale`` unit criterion
@@ -130,6 +132,28 @@ class EarlyBirdDetector:
         self.curve.append((epoch, dist))
         return dist
 
+    def state_dict(self, encode: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """The stored snapshots (oldest first, each through ``encode`` if given), ``found_epoch`` and ``curve``."""
+        encode = encode or (lambda snapshot: snapshot)
+        return {"previous": [encode(s) for s in self._previous], "found_epoch": self.found_epoch,
+                "curve": [(int(e), d) for e, d in self.curve]}
+
+    def load_state_dict(self, state: Mapping[str, Any], decode: Callable[[Any], Any] | None = None) -> None:
+        """Restore :meth:`state_dict` (``decode`` inverts its ``encode``)."""
+        missing = [k for k in ("previous", "found_epoch", "curve") if k not in state]
+        if missing:
+            raise PrunelabError(f"early-bird detector state lacks {', '.join(missing)}; delete the training "
+                                "checkpoint to start over")
+        previous = list(state["previous"])
+        if len(previous) > self.window:
+            raise PrunelabError(f"the early-bird detector state holds {len(previous)} snapshots; the window is "
+                                f"{self.window}")
+        decode = decode or (lambda data: data)
+        self._previous = deque((decode(s) for s in previous), maxlen=self.window)
+        found = state["found_epoch"]
+        self.found_epoch = None if found is None else int(found)
+        self.curve = [(int(e), None if d is None else float(d)) for e, d in state["curve"]]
+
 
 class EarlyBirdCallback(Callback):
     """Base of the early-bird callbacks: subclasses say how to snapshot a model and compare snapshots."""
@@ -150,6 +174,27 @@ class EarlyBirdCallback(Callback):
 
     def distance(self, a: Any, b: Any) -> float:
         raise NotImplementedError
+
+    def encode_snapshot(self, snapshot: Any) -> Any:
+        """A snapshot in a form a training checkpoint holds (tensors, numbers, lists, dicts); as is by default."""
+        return snapshot
+
+    def decode_snapshot(self, data: Any) -> Any:
+        """The inverse of :meth:`encode_snapshot`."""
+        return data
+
+    def state_dict(self) -> dict[str, Any]:
+        """The detector's window of snapshots, found epoch and curve, and the ticket weights (if found)."""
+        ticket = None if self.ticket_state is None else [[k, v] for k, v in self.ticket_state.items()]
+        return {"detector": self.detector.state_dict(self.encode_snapshot), "ticket_state": ticket}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "detector" not in state or "ticket_state" not in state:
+            raise PrunelabError(f"the training checkpoint holds no early-bird state of {type(self).__name__} "
+                                "(written by a prunelab whose callback kept none?); delete it to start over")
+        self.detector.load_state_dict(state["detector"], self.decode_snapshot)
+        ticket = state["ticket_state"]
+        self.ticket_state = None if ticket is None else {k: v.clone() for k, v in ticket}  # CPU, as recorded
 
     @property
     def found_epoch(self) -> int | None:
@@ -278,6 +323,18 @@ class PartitionEarlyBird(EarlyBirdCallback):
     def distance(self, a: ActivationPatterns, b: ActivationPatterns) -> float:
         return pattern_distance(a, b).mean
 
+    def encode_snapshot(self, snapshot: ActivationPatterns) -> dict[str, Any]:
+        """The bit-packed patterns as uint8 tensors (in site order), their shapes and the point count."""
+        return {"sites": [(site, torch.from_numpy(np.ascontiguousarray(bits)), tuple(snapshot.shapes[site]))
+                          for site, bits in snapshot.bits.items()],
+                "num_points": snapshot.num_points}
+
+    def decode_snapshot(self, data: Mapping[str, Any]) -> ActivationPatterns:
+        sites = data["sites"]
+        return ActivationPatterns(bits={site: bits.numpy().copy() for site, bits, _ in sites},
+                                  shapes={site: tuple(int(d) for d in shape) for site, _, shape in sites},
+                                  num_points=int(data["num_points"]))
+
 
 def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     """The affine BatchNorm modules of ``model`` by name, in registration order (an error if none)."""
@@ -348,9 +405,16 @@ class ChannelMaskEarlyBird(EarlyBirdCallback):
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return mask_distance(a, b)
 
+    def decode_snapshot(self, data: torch.Tensor) -> torch.Tensor:
+        return data.to(device="cpu", dtype=torch.bool)  # bn_channel_mask's masks live on the CPU
+
 
 class BNScaleL1(Callback):
-    """Adds ``strength * sum |gamma|`` over all BatchNorm scales (Liu et al. 2017, Eq. 1; EB: 1e-4)."""
+    """Adds ``strength * sum |gamma|`` over all BatchNorm scales (Liu et al. 2017, Eq. 1; EB: 1e-4).
+
+    Stateless across epochs (the scales are the model's parameters, found again in
+    ``on_train_begin``), so a resumed training needs no ``state_dict``.
+    """
 
     def __init__(self, strength: float = 1e-4) -> None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength >= 0:

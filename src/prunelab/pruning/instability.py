@@ -28,6 +28,10 @@ Generalization-Stability Tradeoff in Neural Network Pruning", NeurIPS 2020).
   :func:`prunelab.analysis.flatness.hessian_eigenvalues`.
 * The summaries of a run's history (mean stability, best accuracy after the last event) and the
   stability/accuracy correlations across runs are analyses: :mod:`prunelab.analysis.stability`.
+* Resumable training (``fit(..., checkpoint=...)``): every callback here returns what carries over
+  an epoch boundary from ``state_dict`` (events, units targeted so far, the random generator of
+  ``random`` targets and Gaussian noise, running activation statistics, a pending perturbation or
+  restore, Hessian values), so a stopped and resumed run ends bitwise identical to an uninterrupted one.
 
 Epoch convention: a schedule epoch ``e`` is the 0-based index of a training epoch; pruning happens at
 the end of that epoch (after ``e + 1`` epochs of training), as in the authors' code. Event records
@@ -62,6 +66,43 @@ from prunelab.pruning.structured import (
     kept_units,
     select_units,
 )
+
+_ORDERED = "__ordered__"
+
+
+def _keep_order(obj: Any) -> Any:
+    """``obj`` with every dict turned into ``{"__ordered__": [[key, value], ...]}``: a training
+    checkpoint writes its JSON with sorted keys, which would reorder the columns of event records."""
+    if isinstance(obj, dict):
+        return {_ORDERED: [[k, _keep_order(v)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return tuple(_keep_order(v) for v in obj)
+    if isinstance(obj, list):
+        return [_keep_order(v) for v in obj]
+    return obj
+
+
+def _restore_order(obj: Any) -> Any:
+    """The inverse of :func:`_keep_order`."""
+    if isinstance(obj, dict):
+        if set(obj) == {_ORDERED}:
+            return {k: _restore_order(v) for k, v in obj[_ORDERED]}
+        return {k: _restore_order(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_restore_order(v) for v in obj)
+    if isinstance(obj, list):
+        return [_restore_order(v) for v in obj]
+    return obj
+
+
+def _need(state: Mapping[str, Any], keys: Sequence[str], who: str) -> None:
+    """PrunelabError unless the checkpointed callback state has ``keys`` (an older checkpoint may not)."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise PrunelabError(
+            f"the training checkpoint holds no {', '.join(missing)} of {who} (written by a prunelab whose "
+            "callback kept no state?); delete the checkpoint to start the training over"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,6 +174,14 @@ class PruningEvents(Callback):
                             "acc_after": after, "instability": value, **info})
         state.metrics.update(pre_prune_acc=before, post_prune_acc=after, instability=value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The events so far (subclasses add what they carry across epochs)."""
+        return {"events": _keep_order(self.events)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _need(state, ["events"], type(self).__name__)
+        self.events = list(_restore_order(state["events"]))
+
 
 class _StructuredSchedule(PruningEvents):
     """Shared part of the schedule callbacks: which units each event targets.
@@ -190,6 +239,7 @@ class _StructuredSchedule(PruningEvents):
             raise PrunelabError(f"pruning ends at epoch(s) {late} (0-based), after training ends "
                                 f"(epochs={state.total_epochs}): those layers would never reach their fraction")
         device = next(state.model.parameters()).device
+        self._device = device
         self.removed = {x: torch.zeros(g.num_units, dtype=torch.bool, device=device) for x, g in self.groups.items()}
         self.events = []
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -203,6 +253,42 @@ class _StructuredSchedule(PruningEvents):
 
     def _prepare(self, state: TrainState) -> None:
         """Subclass set-up that must run before the activation statistics are attached."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Events, the units targeted so far, the generator of ``random`` targets (and noise) and the
+        running activation statistics with their forward count."""
+        state = super().state_dict()
+        state["removed"] = [[x, r] for x, r in self.removed.items()]
+        state["generator"] = self._generator.get_state()
+        stats = self.activation_stats
+        state["activations"] = None if stats is None else {
+            "values": [[x, v] for x, v in stats.values.items()], "forwards": stats.forwards}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after ``on_train_begin``, which built the groups and statistics)."""
+        who = type(self).__name__
+        _need(state, ["events", "removed", "generator", "activations"], who)
+        removed = dict(state["removed"])
+        if list(removed) != list(self.removed):
+            raise PrunelabError(f"{who}: the checkpoint targets layers {list(removed)}, this schedule "
+                                f"{list(self.removed)}")
+        for x, r in removed.items():
+            if r.dtype != torch.bool or r.shape != self.removed[x].shape:
+                raise PrunelabError(f"{who}: the checkpoint's unit mask of layer {x!r} is a {r.dtype} tensor of "
+                                    f"shape {tuple(r.shape)}, the layer has {self.groups[x].num_units} units")
+        if (state["activations"] is None) != (self.activation_stats is None):
+            raise PrunelabError(f"{who}: the checkpoint {'lacks' if state['activations'] is None else 'has'} "
+                                f"running activation statistics, criterion {self.criterion!r} "
+                                f"{'needs' if self.activation_stats is not None else 'has'} none")
+        super().load_state_dict(state)
+        self.removed = {x: removed[x].to(self._device) for x in self.removed}
+        self._generator.set_state(state["generator"])
+        if self.activation_stats is not None:
+            stats = self.activation_stats
+            values = dict(state["activations"]["values"])
+            stats.values = {x: values[x].to(device=v.device, dtype=v.dtype) for x, v in stats.values.items()}
+            stats.forwards = int(state["activations"]["forwards"])
 
     def on_train_end(self, state: TrainState) -> None:
         if self.activation_stats is not None:
@@ -278,6 +364,14 @@ class IterativeStructuredPruning(_StructuredSchedule):
         self.enforcer.on_train_begin(state)  # zero the pruned parameters and their optimizer state
         self.gates.update(self.unit_masks())
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the units removed so far and put their enforcer and residual gates back (the
+        restored weights and optimizer state already have them at zero)."""
+        super().load_state_dict(state)
+        gone = any(bool(r.any()) for r in self.removed.values())
+        self.enforcer = MaskEnforcer(self.masks) if gone else None
+        self.gates.update(self.unit_masks())
+
     def after_backward(self, state: TrainState) -> None:
         if self.enforcer is not None:
             self.enforcer.after_backward(state)
@@ -349,6 +443,20 @@ class TemporaryPruning(_StructuredSchedule):
             self._perturb(state.model)
             self._left -= 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """Adds the perturbation in progress: the units, batches left and noise scales."""
+        state = super().state_dict()
+        state.update(left=self._left, active=[[x, t] for x, t in self._active.items()],
+                     sigma=[[x, s] for x, s in self._sigma.items()])
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _need(state, ["left", "active", "sigma"], type(self).__name__)
+        super().load_state_dict(state)
+        self._left = int(state["left"])
+        self._active = {x: t.to(self._device) for x, t in state["active"]}  # order: the noise draws'
+        self._sigma = {x: float(s) for x, s in state["sigma"]}
+
 
 class ZeroRestorePruning(_StructuredSchedule):
     """The targets are zeroed (weights, bias, BatchNorm weight and bias) at the event and kept at zero
@@ -408,6 +516,18 @@ class ZeroRestorePruning(_StructuredSchedule):
             self._left -= 1
         else:
             self._restore(state.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adds a restore still pending: the zeroed units and their values at the event, batches left."""
+        state = super().state_dict()
+        state.update(left=self._left, saved=[[name, units, values] for name, (units, values) in self._saved.items()])
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _need(state, ["left", "saved"], type(self).__name__)
+        super().load_state_dict(state)
+        self._left = int(state["left"])
+        self._saved = {name: (units.to(self._device), values.to(self._device)) for name, units, values in state["saved"]}
 
     def on_train_end(self, state: TrainState) -> None:
         if self._saved:
@@ -477,3 +597,11 @@ class HessianEigenSum(Callback):
         value = hessian_top_eigen_sum(state.model, x, y, self.k, **self.kw)
         self.values[state.epoch + 1] = value
         state.metrics[self.key] = value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The values so far (1-based epoch -> sum)."""
+        return {"values": dict(self.values)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _need(state, ["values"], type(self).__name__)
+        self.values = {int(e): float(v) for e, v in state["values"].items()}
