@@ -26,7 +26,7 @@ from prunelab.pruning.allocation import ExplicitAllocation, validate_allocation
 
 LAYERS = "1.weight, 3.weight, 5.weight"  # mlp(): 120 + 80 + 24 = 224 prunable weights
 CRITERIA_LIST = "cbs, grasp, lamp, magnitude, random, snip, synflow, upa, woodfisher"
-ALLOCATIONS_LIST = "erk, global, igq, lr_bound, uniform, uniform_plus"
+ALLOCATIONS_LIST = "erk, global, igq, lr_bound, lr_bound_hidden, nm, uniform, uniform_plus"
 ZERO = "data for criterion {!r} has 0 samples: give at least one (inputs, targets) batch with at least one sample"
 NEEDS = "criterion {!r} is data-dependent: pass data=(inputs, targets) or an iterable of such batches to prunelab.prune"
 # small Fisher settings so woodfisher/cbs would run on the 16 samples if the data were fine

@@ -26,7 +26,10 @@ from prunelab.masks import (
 )
 # Importing these registers the methods each one defines.
 from prunelab.pruning import earlybird as _earlybird  # noqa: E402,F401  (earlybird schedule, bn_scale)
+from prunelab.pruning import imp_rounds as _imp_rounds  # noqa: E402,F401  (imp_rounds schedule)
 from prunelab.pruning import lr_bound as _lr_bound  # noqa: E402,F401  (lr_bound allocation)
+from prunelab.pruning import lr_bound_hidden as _lr_bound_hidden  # noqa: E402,F401  (lr_bound_hidden allocation)
+from prunelab.pruning import nm as _nm  # noqa: E402,F401  (N:M allocation)
 from prunelab.pruning import second_order as _second_order  # noqa: E402,F401  (woodfisher, cbs, obs)
 from prunelab.pruning import slimming as _slimming  # noqa: E402,F401  (slimming schedule)
 from prunelab.pruning import spline as _spline  # noqa: E402,F401  (spline structured criterion)
