@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -59,11 +59,11 @@ def main() -> None:
             masks = prunelab.prune(model, args.sparsity, criterion, "global", seed=0)
             x = torch.randn(1, 3, 32, 32)
 
-            def forward_backward() -> None:
+            def forward_backward(model=model, x=x) -> None:
                 model.zero_grad(set_to_none=True)
                 model(x).sum().backward()
 
-            def effective() -> None:
+            def effective(model=model, masks=masks) -> None:
                 effective_masks(model, masks)
 
             t_fb = median_seconds(forward_backward, repeats)
@@ -98,12 +98,12 @@ def transformers_rows(sparsity: float, repeats: int) -> None:
         masks = {k: torch.rand(p.shape, generator=gen) >= sparsity for k, p in model.named_parameters()
                  if p.dim() > 1 and "embeddings" not in k}
 
-        def forward_backward() -> None:
+        def forward_backward(model=model, example=example) -> None:
             model.zero_grad(set_to_none=True)
             out = model(**example)
             out.last_hidden_state.sum().backward()
 
-        def effective() -> None:
+        def effective(model=model, masks=masks, example=example) -> None:
             effective_masks(model, masks, example_input=example)
 
         t_fb = median_seconds(forward_backward, repeats)

@@ -155,7 +155,7 @@ class _Run:
                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
             ) from None
 
-    def run_fx(self, graph: torch.fx.Graph, inputs: "_Inputs") -> Any:
+    def run_fx(self, graph: torch.fx.Graph, inputs: _Inputs) -> Any:
         env: dict[torch.fx.Node, Any] = {}
         positional = list(inputs.args)
         for node in graph.nodes:
@@ -180,7 +180,7 @@ class _Run:
                 env[node] = self.node(node, env)
         raise PrunelabError("the traced model has no output")
 
-    def run_export(self, ep: Any, wrapper: nn.Module, inputs: "_Inputs") -> Any:
+    def run_export(self, ep: Any, wrapper: nn.Module, inputs: _Inputs) -> Any:
         from torch.export.graph_signature import InputKind, OutputKind
 
         flat = torch.utils._pytree.tree_flatten((inputs.args, inputs.kwargs))[0]
@@ -334,7 +334,7 @@ def _trace_fx(model: nn.Module) -> torch.fx.Graph:
         return _Tracer().trace(model)
     except PrunelabError:
         raise
-    except Exception as exc:  # fx raises several types (TraceError, TypeError, ...)
+    except Exception as exc:  # noqa: BLE001  (fx raises several types: TraceError, TypeError, ...)
         raise Unsupported(f"cannot trace {type(model).__name__} with torch.fx ({_first_line(exc)})") from None
 
 
@@ -453,7 +453,7 @@ def _connectivity(
     except Unsupported as fx_error:  # fx cannot trace it, or its graph has an op without a rule
         try:
             exported = _export(model, inputs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (whatever torch.export raises on a model it cannot trace)
             if str(fx_error).startswith("cannot trace"):
                 raise PrunelabError(
                     f"{fx_error} nor with torch.export ({_first_line(exc)}); effective sparsity needs a "

@@ -82,7 +82,7 @@ def _pos(t: Tensor) -> Tensor:
 class Act:
     """One activation of the connectivity network (see the module docstring)."""
 
-    __slots__ = ("r", "n", "m")
+    __slots__ = ("m", "n", "r")
 
     def __init__(self, r: Tensor, n: Tensor | None = None, m: Tensor | None = None) -> None:
         self.r = r
@@ -106,7 +106,7 @@ class Param:
     dims to the parameter's own dims (``None`` once a reshape loses track), for per-unit reports.
     """
 
-    __slots__ = ("key", "conn", "value", "axes")
+    __slots__ = ("axes", "conn", "key", "value")
 
     def __init__(self, key: str, conn: Tensor, value: Tensor, axes: tuple[int, ...] | None) -> None:
         self.key = key
@@ -555,9 +555,7 @@ def product(net: Network, f: Callable[[Tensor, Tensor], Tensor], a: Any, b: Any,
         return Act(r, n)
     if isinstance(a, Param):
         w, x, w_first = a, b, True
-    elif isinstance(b, Param):
-        w, x, w_first = b, a, False
-    elif isinstance(a, Act) and isinstance(b, Tensor):
+    elif isinstance(b, Param) or isinstance(a, Act) and isinstance(b, Tensor):
         w, x, w_first = b, a, False
     elif isinstance(b, Act) and isinstance(a, Tensor):
         w, x, w_first = a, b, True
@@ -1204,8 +1202,8 @@ def module_rule(net: Network, target: str, mod: nn.Module, x: Any, where: str) -
     if isinstance(mod, _SUMMING_MODULES):
         return summing(net, mod, (x,), {})
     if type(mod) in _MAX_POOL_MODULES:
-        kw = dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation, ceil_mode=mod.ceil_mode,
-                  return_indices=mod.return_indices)
+        kw = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation, "ceil_mode": mod.ceil_mode,
+              "return_indices": mod.return_indices}
         return max_pool(net, _MAX_POOL_MODULES[type(mod)], (x, mod.kernel_size), kw, where)
     if type(mod) in _ADAPTIVE_MAX_MODULES:
         if mod.return_indices:
