@@ -287,7 +287,7 @@ def _solve_scip(milp: ReluMilp, ycols: np.ndarray, flips: _Flips, deadline: floa
     yvars = [variables[int(c)] for c in ycols]
     fixed_to_zero = np.zeros(len(yvars), dtype=bool)
     claimed: set[int] = set()  # candidates an integral solution had at y = 1 without a confirmed flip
-    rows: list[int] = []  # indicators whose "y = 0" had to be added as a row
+    local_fixes: list[int] = []  # indicators the enforcement had to fix at the node (diagnostics)
     for y in yvars:  # keep each y a variable of its own, so that its bound can be fixed later
         model.markDoNotAggrVar(y)
         model.markDoNotMultaggrVar(y)
@@ -298,59 +298,57 @@ def _solve_scip(milp: ReluMilp, ycols: np.ndarray, flips: _Flips, deadline: floa
     def unfixed_closed() -> list[int]:
         return [j for j in range(len(yvars)) if not fixed_to_zero[j] and not flips.is_open(j)]
 
-    transformed: dict[int, object] = {}
-
-    def fix(js) -> bool:
-        """The lazy ``y = 0`` as a global bound; True if a bound changed. An indicator counts as fixed
-        only once its transformed variable's global upper bound is 0 (the enforcement falls back to a
-        row ``y <= 0`` where the bound cannot be tightened)."""
-        changed = False
-        for j in js:
-            if j not in transformed:
-                transformed[j] = model.getTransformedVar(yvars[j])
-            var = transformed[j]
+    def apply_lazy() -> str:
+        """The lazy ``y = 0`` of every closed candidate, as a global bound (looked up on the
+        transformed variable each time: a SCIP restart makes new ones). SCIP does not tighten a
+        global bound below a local lower bound, so a node that has branched to ``y = 1`` for a
+        candidate closed since holds no point of the problem: "cutoff". Otherwise "reduced" if a
+        bound changed (at this node, should the global change not reach it), else ""."""
+        result = ""
+        for j in unfixed_closed():
+            var = model.getTransformedVar(yvars[j])
+            if var.getLbLocal() > 0.5:
+                return "cutoff"
             if var.getUbGlobal() > 0.5:
-                infeasible, tightened = model.tightenVarUbGlobal(var, 0.0)
-                changed |= bool(tightened or infeasible)
+                _, tightened = model.tightenVarUbGlobal(var, 0.0)
+                result = "reduced" if tightened else result
             fixed_to_zero[j] = var.getUbGlobal() <= 0.5
-        return changed
+            if not fixed_to_zero[j] and var.getUbLocal() > 0.5:
+                model.tightenVarUb(var, 0.0)
+                local_fixes.append(j)
+                result = "reduced"
+        return result
 
     def examine(sol) -> bool:
-        """Record the flips of an integral solution; True if it claims a flip (some open y = 1)."""
-        ones = [j for j in range(len(yvars)) if not fixed_to_zero[j] and model.getSolVal(sol, yvars[j]) > 0.5]
+        """Record the flips of an integral solution; True if some y = 1 (the solution violates the
+        lazy constraints if the flip is confirmed, and is a tolerance artefact if not)."""
+        ones = [j for j in range(len(yvars)) if model.getSolVal(sol, yvars[j]) > 0.5]
         if not ones:
             return False
-        hit = set(flips.record(x_of(sol)))
-        for j in ones:
-            if flips.is_open(j) and j not in hit:
-                claimed.add(j)  # y = 1 yet the forward pass does not flip it: a tolerance artefact
+        if any(flips.is_open(j) for j in ones):
+            hit = set(flips.record(x_of(sol)))
+            for j in ones:
+                if flips.is_open(j) and j not in hit:
+                    claimed.add(j)  # y = 1 yet the forward pass does not flip it: a tolerance artefact
         return True
 
     class FlipCuts(Conshdlr):
         """No constraints of its own: ``y_j = 0`` for every candidate seen flipping (lazily)."""
 
         def conscheck(self, constraints, solution, checkintegrality, checklprows, printreason, completely):
-            bad = examine(solution) or any(
-                model.getSolVal(solution, yvars[j]) > 0.5 for j in range(len(yvars)) if not flips.is_open(j)
-            )
-            return {"result": SCIP_RESULT.INFEASIBLE if bad else SCIP_RESULT.FEASIBLE}
+            return {"result": SCIP_RESULT.INFEASIBLE if examine(solution) else SCIP_RESULT.FEASIBLE}
 
         def _enforce(self):
-            examine(None)
+            if not examine(None):
+                return {"result": SCIP_RESULT.FEASIBLE}
             flips.give_up(sorted(claimed), "tolerance")
             claimed.clear()
-            if fix(unfixed_closed()):
-                return {"result": SCIP_RESULT.REDUCEDDOM}
             if not flips.open_indices():
                 model.interruptSolve()
                 return {"result": SCIP_RESULT.CUTOFF}
-            stuck = [j for j in range(len(yvars)) if not flips.is_open(j) and model.getSolVal(None, yvars[j]) > 0.5]
-            if stuck:  # a bound that could not be tightened: the lazy constraint as a row
-                for j in stuck:
-                    model.addCons(yvars[j] <= 0.0, name=f"lazy{j}_{len(rows)}", local=False)
-                    rows.append(j)
-                return {"result": SCIP_RESULT.CONSADDED}
-            return {"result": SCIP_RESULT.FEASIBLE}
+            # every y = 1 of this solution is closed now: its lazy y = 0 cuts the solution off
+            cut = apply_lazy() == "cutoff"
+            return {"result": SCIP_RESULT.CUTOFF if cut else SCIP_RESULT.REDUCEDDOM}
 
         def consenfolp(self, constraints, nusefulconss, solinfeasible):
             return self._enforce()
@@ -362,7 +360,10 @@ def _solve_scip(milp: ReluMilp, ycols: np.ndarray, flips: _Flips, deadline: floa
             if not flips.open_indices():
                 model.interruptSolve()
                 return {"result": SCIP_RESULT.DIDNOTFIND}
-            return {"result": SCIP_RESULT.REDUCEDDOM if fix(unfixed_closed()) else SCIP_RESULT.DIDNOTFIND}
+            result = apply_lazy()
+            if result == "cutoff":
+                return {"result": SCIP_RESULT.CUTOFF}
+            return {"result": SCIP_RESULT.REDUCEDDOM if result else SCIP_RESULT.DIDNOTFIND}
 
         def conslock(self, constraint, locktype, nlockspos, nlocksneg):
             for y in yvars:  # rounding a y up may violate "y = 0 once witnessed"
@@ -387,7 +388,7 @@ def _solve_scip(milp: ReluMilp, ycols: np.ndarray, flips: _Flips, deadline: floa
     )
     model.optimize()
     status = model.getStatus()
-    flips.stats.update(status=status, nodes=model.getNNodes(), lp_iterations=model.getNLPIterations(), lazy_rows=len(rows))
+    flips.stats.update(status=status, nodes=model.getNNodes(), lp_iterations=model.getNLPIterations(), local_fixes=len(local_fixes))
     flips.take_new()
     flips.give_up(sorted(claimed), "tolerance")
     if status == "infeasible":  # no input flips any candidate left: all proven
