@@ -191,6 +191,6 @@ register(Reproduction(
     sweep="exact_compression.toml",
     report=report,
     data="mnist",
-    time={"quick": "~10 s CPU (digits)", "default": "~20 min CPU (1 core; ~10 min per seed)",
-          "full": "~6 min GPU (estimate: 10 x 121 epochs of 2 x 100, MILPs on CPU); ~13 min CPU"},
+    time={"quick": "~10 s CPU (digits)", "default": "~22 min CPU (1 core; ~11 min per seed)",
+          "full": "~6 min GPU (estimate: 10 x 121 epochs of 2 x 100, MILPs on CPU); ~19 min CPU"},
 ))

@@ -166,7 +166,7 @@ register(Reproduction(
     sweep="jumpstart.toml",
     report=report,
     data="mnist",
-    time={"quick": "~10 s CPU (digits)", "default": "~8 min CPU (1 core)",
+    time={"quick": "~10 s CPU (digits)", "default": "~6 min CPU (1 core)",
           "full": "~1 h GPU (estimate: 120 runs of 20 epochs, up to 50 layers; not 10 minutes at this scale), "
                   "~4 h CPU"},
 ))
