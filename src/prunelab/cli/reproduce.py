@@ -50,12 +50,13 @@ def _print_report(report) -> None:
               help="output folder [default: reproductions/NAME-MODE]")
 @click.option("--data-root", default=None, help="dataset folder [default: $PRUNELAB_DATA or the user cache]")
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help="device of every run")
+@click.option("--seeds", default=None, help="comma-separated seeds instead of the mode's (e.g. 0,1,2)")
 @click.option("--executor", default="local", type=click.Choice(["local", "processes", "ray"]),
               help="where runs are computed")
 @click.option("--jobs", default=1, type=int, help="local worker processes (--executor processes)")
 @click.option("--address", default=None, help="Ray cluster address (--executor ray) [default: start a local one]")
 @click.option("--quiet", is_flag=True, help="no progress display")
-def command(name, list_, mode, out, data_root, device, executor, jobs, address, quiet) -> None:
+def command(name, list_, mode, out, data_root, device, seeds, executor, jobs, address, quiet) -> None:
     """Re-run reproduction NAME (see --list) on the experiment engine: its sweep, then the table of
     the paper's numbers beside ours, with a verdict per claim (report.md in the output folder)."""
     if list_:
@@ -68,7 +69,12 @@ def command(name, list_, mode, out, data_root, device, executor, jobs, address, 
     mode = mode or "default"
     if executor == "processes" and jobs < 2:
         jobs = 2
-    result, report = run(name, mode, out, overrides={"data_root": data_root, "device": device},
+    overrides = {"data_root": data_root, "device": device}
+    if seeds is not None:
+        from prunelab.cli.options import comma_list
+
+        overrides["seeds"] = comma_list(seeds, int, "--seeds")
+    result, report = run(name, mode, out, overrides=overrides,
                          executor=executor, jobs=jobs, address=address, progress=not quiet)
     _print_report(report)
     console.print(f"{result.computed} run(s) computed, {result.found} found on disk; "
