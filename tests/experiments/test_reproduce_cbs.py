@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from prunelab.errors import PrunelabError
 from prunelab.experiments.reproductions import load
 from prunelab.experiments.reproductions.cbs import method_of, options_of, report
 from prunelab.pruning.second_order import CBSOptions, FisherOptions
@@ -114,6 +115,15 @@ def test_report_one_seed_is_inconclusive_and_quick_is_a_smoke_run():
     rows = [r for r in hand_rows() if r["seed"] == 0]
     assert {c.verdict for c in report(rows, "default").claims} == {"inconclusive"}
     assert {c.verdict for c in report(hand_rows(), "quick").claims} == {"smoke run"}
+
+
+def test_report_refuses_two_settings_of_one_method():
+    """A folder can hold runs of two sweeps (e.g. CBS-S selected on the full and on the block Fisher): the
+    report must not average them as one method."""
+    rows = hand_rows()
+    other = dict(next(r for r in rows if r["prune.criterion"] == "cbs"), **{"prune.options": "fisher_samples=4000"})
+    with pytest.raises(PrunelabError, match="different options"):
+        report([*rows, other], "default")
 
 
 def test_method_names_and_options_from_csv_cells():

@@ -23,6 +23,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from prunelab.errors import PrunelabError
 from prunelab.experiments.reproductions.base import Claim, Report, Reproduction, register
 from prunelab.experiments.reproductions.common import mean_ci, seeds_of
 
@@ -78,10 +79,17 @@ def _sparsity(row: Mapping[str, Any]) -> float:
 def _accuracies(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, float], dict[Any, float]]:
     """(method, sparsity) -> {seed: test accuracy in %}."""
     out: dict[tuple[str, float], dict[Any, float]] = {}
+    options: dict[tuple[str, float, Any], dict[str, str]] = {}
     for r in rows:
         if r.get("test_accuracy") is None:
             continue
-        out.setdefault((method_of(r), _sparsity(r)), {})[r.get("seed")] = 100.0 * float(r["test_accuracy"])
+        key = (method_of(r), _sparsity(r), r.get("seed"))
+        if key in options and options[key] != options_of(r):
+            raise PrunelabError(f"two runs of {key[0]} at sparsity {key[1]:g}, seed {key[2]} with different options "
+                                f"({options[key]} and {options_of(r)}): pass the rows of one sweep (its report.md), "
+                                "not a folder that holds several")
+        options[key] = options_of(r)
+        out.setdefault(key[:2], {})[key[2]] = 100.0 * float(r["test_accuracy"])
     return out
 
 
