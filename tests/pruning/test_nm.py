@@ -1,13 +1,7 @@
-"""N:M allocation (prunelab.pruning.nm): the exact pattern, top-n kept, the sparsity it accepts.
-
-``prunelab.pruning.nm`` is imported when the tests run, not when they are collected: until
-``prunelab.pruning`` imports it, registering "nm" at collection would change the list of allocations
-other test modules pin in their error messages.
-"""
+"""N:M allocation (prunelab.pruning.nm, registered on import of prunelab.pruning): the exact pattern,
+top-n kept, the sparsity it accepts."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 import torch
@@ -18,19 +12,7 @@ from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
 from prunelab.models import create
 from prunelab.pruning.context import ALLOCATIONS, ScoreContext
-
-
-def nm_allocation(*args, **kw):
-    return importlib.import_module("prunelab.pruning.nm").nm_allocation(*args, **kw)
-
-
-def nm_mask(*args, **kw):
-    return importlib.import_module("prunelab.pruning.nm").nm_mask(*args, **kw)
-
-
-@pytest.fixture(autouse=True)
-def _registered():
-    importlib.import_module("prunelab.pruning.nm")  # registers "nm" (idempotent)
+from prunelab.pruning.nm import nm_allocation, nm_mask
 
 
 def groups_along_input(mask: torch.Tensor, m: int) -> torch.Tensor:
