@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 import prunelab
-import prunelab.pruning.nm  # noqa: F401  (registers the "nm" allocation)
+import prunelab.pruning.nm
 from prunelab.masks import Masks
 from prunelab.models import create
 from prunelab.pruning.compact import attention_modules, compact, head_masks, unit_masks

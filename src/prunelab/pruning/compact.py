@@ -132,7 +132,7 @@ class SelectPadShortcut(nn.Module):
         return int(self.source.numel())
 
     @classmethod
-    def from_pad(cls, pad: PadShortcut) -> "SelectPadShortcut":
+    def from_pad(cls, pad: PadShortcut) -> SelectPadShortcut:
         source = list(range(pad.in_channels)) + [-1] * (pad.out_channels - pad.in_channels)
         return cls(pad.in_channels, source, pad.stride)
 
@@ -154,15 +154,15 @@ if tp is not None:
         TARGET_MODULES = (SelectPadShortcut,)
 
         def prune_out_channels(self, layer: SelectPadShortcut, idxs: Sequence[int]) -> SelectPadShortcut:
-            drop = set(int(i) for i in idxs)
+            drop = {int(i) for i in idxs}
             keep = [o for o in range(layer.out_channels) if o not in drop]
             layer.source = layer.source[keep].clone()
             return layer
 
         def prune_in_channels(self, layer: SelectPadShortcut, idxs: Sequence[int]) -> SelectPadShortcut:
-            drop = sorted(set(int(i) for i in idxs))
+            drop = {int(i) for i in idxs}
             new_index = torch.full((layer.in_channels,), -1, dtype=torch.long)
-            kept = [i for i in range(layer.in_channels) if i not in set(drop)]
+            kept = [i for i in range(layer.in_channels) if i not in drop]
             new_index[kept] = torch.arange(len(kept))
             src = layer.source.cpu()
             mapped = torch.where(src >= 0, new_index[src.clamp_min(0)], torch.full_like(src, -1))
@@ -182,7 +182,7 @@ if tp is not None:
         TARGET_MODULES = None
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            keep = sorted(set(range(layer.weight.shape[1])) - set(int(i) for i in idxs))
+            keep = sorted(set(range(layer.weight.shape[1])) - {int(i) for i in idxs})
             layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
             if layer.bias is not None:
                 layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
@@ -190,7 +190,7 @@ if tp is not None:
             return layer
 
         def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            keep = sorted(set(range(layer.weight.shape[0])) - set(int(i) for i in idxs))
+            keep = sorted(set(range(layer.weight.shape[0])) - {int(i) for i in idxs})
             layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
             if hasattr(layer, "nx"):
                 layer.nx = len(keep)
@@ -311,7 +311,7 @@ def attention_modules(model: nn.Module) -> dict[str, _Attention]:
             continue
         children = dict(module.named_children())
 
-        def ok(n: str) -> bool:
+        def ok(n: str, children: dict[str, nn.Module] = children) -> bool:
             return n in children and (isinstance(children[n], nn.Linear) or is_conv1d(children[n]))
 
         qkv: tuple[str, ...] | None = next((s for s in _SEPARATE if all(ok(n) for n in s)), None)
@@ -344,7 +344,7 @@ def head_masks(
                 f"{name!r} is not an attention module with q/k/v projections; found: {', '.join(att) or '(none)'}"
             )
         a = att[name]
-        hs = sorted(set(int(h) for h in hs))
+        hs = sorted({int(h) for h in hs})
         if any(not 0 <= h < a.num_heads() for h in hs):
             raise PrunelabError(f"heads of {name!r} must be in 0..{a.num_heads() - 1}, got {hs}")
         for child, layer in zip(a.qkv, a.layers()):
@@ -862,7 +862,7 @@ def compact(
             reference = [t.detach().clone() for t in _tensors(_call(work, example_inputs))]
     except PrunelabError:
         raise
-    except Exception as exc:  # whatever the model raises on inputs it cannot take
+    except Exception as exc:  # noqa: BLE001  (whatever the model raises on inputs it cannot take)
         line = (str(exc).strip().splitlines() or [""])[0]
         raise PrunelabError(f"the model fails on example_inputs: {type(exc).__name__}: {line}") from None
     if not reference:
@@ -887,7 +887,7 @@ def compact(
         outputs = [t.detach() for t in _tensors(_call(work, example_inputs))]
     diff = _compare(reference, outputs, rtol, atol)
     heads = {}
-    for name, a in planner.attention.items():
+    for name in planner.attention:
         gone = sorted(set(range(planner.heads0[name])) - set(planner.head_ids[name]))
         if gone:
             heads[name] = gone

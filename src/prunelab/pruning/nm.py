@@ -53,7 +53,7 @@ class NMOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _n_below_m(self) -> "NMOptions":
+    def _n_below_m(self) -> NMOptions:
         if self.n >= self.m:
             raise ValueError(f"n must be below m (n={self.n}, m={self.m}): n:m keeps n of every m weights")
         return self

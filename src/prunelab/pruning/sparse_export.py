@@ -83,7 +83,7 @@ class _SparseWeight(nn.Module):
         return int(self.values.numel())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:  # noqa: ANN001
+                              error_msgs) -> None:
         # the number of stored values depends on the masks: take the stored shapes
         for name in ("crow_indices", "col_indices", "values"):
             key = prefix + name
@@ -111,7 +111,7 @@ class SparseLinear(_SparseWeight):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
     @classmethod
-    def from_dense(cls, module: nn.Module, layout: str = "csr", blocksize: tuple[int, int] | None = None) -> "SparseLinear":
+    def from_dense(cls, module: nn.Module, layout: str = "csr", blocksize: tuple[int, int] | None = None) -> SparseLinear:
         """From an ``nn.Linear`` or a ``transformers`` ``Conv1D`` (weight (in, out))."""
         w = module.weight.detach()
         return cls(w.t() if is_conv1d(module) else w, module.bias, layout, blocksize)
