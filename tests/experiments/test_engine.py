@@ -355,3 +355,21 @@ def test_train_and_test_subsets_take_the_first_examples(tmp_path):
     assert cfg.dense_hash() != build(RunConfig, SMALL).dense_hash()
     with pytest.raises(PrunelabError, match="test_subset=100000 but digits has only 360 test examples"):
         DataCache().get(build(RunConfig, {**SMALL, "test_subset": 100000}), __import__("torch").device("cpu"))
+
+
+@pytest.mark.parametrize("counting", ["prunable", "openlth"])
+def test_imp_counting_conventions_through_the_engine(tmp_path, counting):
+    import math
+
+    raw = json.loads(json.dumps(SMALL))
+    raw["prune"].update(schedule="imp", exclude=["3.*"], schedule_options={"rate": 0.2, "counting": counting})
+    res = run_sweep(build(SweepConfig, {"base": raw, "criteria": ["magnitude"], "sparsities": [0.5]}), tmp_path,
+                    progress=False)
+    events = json.loads(next((tmp_path / "runs").iterdir()).joinpath("events.json").read_text())
+    prunable, ignored = 64 * 24, 24 * 10  # digits MLP 64-24-10 with its output layer ("3.weight") excluded
+    first = round(events[0]["sparsity"] * prunable)
+    expected = math.ceil(0.2 * (prunable + ignored)) + 1 if counting == "openlth" else round(0.2 * prunable)
+    assert first == expected
+    assert res.rows[0]["prune.schedule_options.counting" if counting == "openlth" else "prune.schedule"] in (
+        counting, "imp")
+    assert events[-1]["sparsity"] == pytest.approx(0.5, abs=1 / prunable)  # the last round is clipped to the target

@@ -22,7 +22,6 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -166,7 +165,7 @@ def make_prune_fn(cfg: RunConfig, batches) -> Callable[[nn.Module, float, Option
             data=batches,
             seed=cfg.seed,
             masks=masks,
-            exclude=tuple(p.exclude),
+            exclude=tuple(p.exclude) if masks is None else (),  # masks already say what is prunable
             iterations=p.iterations,
             update=p.update,
             options=dict(options),
@@ -309,6 +308,7 @@ def _compute(cfg: RunConfig, out_dir: Path, run_dir: Path, *, progress: bool, da
         fit=StageCheckpoints(run_dir / "train_state", cfg.checkpoint_every),
         progress=progress,
         options=settings,
+        exclude=tuple(cfg.prune.exclude),
         **_schedule_fields(cfg.prune.schedule, settings.model_dump()),
     )
     result = SCHEDULES.get(cfg.prune.schedule)(ctx)

@@ -37,84 +37,26 @@ as sparsity levels of the prunable weights (exact: ``prunelab.prune`` keeps N - 
 
 from __future__ import annotations
 
-import math
-
-from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
-
 from prunelab.analysis.evaluate import evaluate
 from prunelab.errors import PrunelabError
-from prunelab.masks import Masks, prunable_parameters
-from prunelab.pruning.schedules import SCHEDULES, ScheduleContext, ScheduleResult, imp_sparsities, train_stage
+from prunelab.masks import Masks
+from prunelab.pruning.schedules import (
+    COUNTINGS,
+    SCHEDULES,
+    ImpOptions,
+    ScheduleContext,
+    ScheduleResult,
+    imp_levels,
+    imp_levels_for,
+    openlth_prune_counts,
+    train_stage,
+    weight_counts,
+)
 
-COUNTINGS = ("prunable", "openlth")
+__all__ = ["COUNTINGS", "imp_levels", "imp_rounds", "openlth_prune_counts", "weight_counts"]
 
-
-def openlth_prune_counts(prunable: int, ignored: int, rate: float, rounds: int) -> list[int]:
-    """Weights pruned after each of ``rounds`` OpenLTH rounds (cumulative, of the ``prunable`` ones).
-
-    Round k prunes ``ceil(rate * (prunable - pruned + ignored)) + 1`` more (at most what is left),
-    ``ignored`` being the weights of the never-pruned layers that OpenLTH still counts.
-    """
-    if not 0.0 < rate < 1.0:
-        raise PrunelabError(f"rate {rate!r} must be in (0, 1)")
-    if prunable <= 0 or ignored < 0 or rounds < 0:
-        raise PrunelabError(f"need prunable > 0, ignored >= 0, rounds >= 0; got {prunable}, {ignored}, {rounds}")
-    pruned, out = 0, []
-    for _ in range(rounds):
-        remaining = prunable - pruned + ignored
-        pruned = min(prunable, pruned + math.ceil(rate * remaining) + 1)
-        out.append(pruned)
-    return out
-
-
-def imp_levels(target: float, rate: float, counting: str = "prunable", *, prunable: int | None = None,
-               ignored: int = 0) -> list[float]:
-    """Sparsity (of the prunable weights) after each IMP round, under ``counting``.
-
-    ``"prunable"`` is :func:`prunelab.pruning.schedules.imp_sparsities`. ``"openlth"`` follows
-    :func:`openlth_prune_counts` (needs the ``prunable`` and ``ignored`` weight counts): as many rounds
-    as it takes to reach ``target`` (a level within half a weight of it counts as reaching it), the
-    last one clipped to ``target``.
-    """
-    if counting not in COUNTINGS:
-        raise PrunelabError(f"counting {counting!r} is not one of: {', '.join(COUNTINGS)}")
-    if counting == "prunable":
-        return imp_sparsities(target, rate)
-    if prunable is None:
-        raise PrunelabError("counting 'openlth' needs the number of prunable weights")
-    if target <= 0.0:
-        return []
-    levels: list[float] = []
-    pruned, k = 0, 0
-    while True:
-        k += 1
-        pruned = openlth_prune_counts(prunable, ignored, rate, k)[-1]
-        level = pruned / prunable
-        if level >= target - 0.5 / prunable or pruned >= prunable:
-            levels.append(min(level, target))
-            return levels
-        levels.append(level)
-
-
-def weight_counts(model: nn.Module, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
-    """(prunable, ignored): weights of the default prunable layers outside / inside ``exclude``."""
-    every = sum(int(p.numel()) for p in prunable_parameters(model).values())
-    prunable = sum(int(p.numel()) for p in prunable_parameters(model, exclude=tuple(exclude)).values())
-    return prunable, every - prunable
-
-
-class ImpRoundsOptions(BaseModel):
-    """IMP recording test accuracy and per-class recall after every round.
-
-    Only ``rewind_iteration`` is an option for now: the experiment runner hands a schedule its rate
-    only for ``imp`` (``_schedule_fields``), so a ``rate`` here would be silently ignored. The rate is
-    the context's ``imp_rate`` (default 0.2) and the counting the context's ``imp_counting`` if it has
-    one (default "prunable").
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    rewind_iteration: int = Field(0, ge=0, description="rewind to the weights after this many steps (0 = init)")
+class ImpRoundsOptions(ImpOptions):
+    """IMP recording test accuracy and per-class recall after every round: ``imp``'s options."""
 
 
 def round_record(ctx: ScheduleContext, round_index: int, masks: Masks) -> dict:
@@ -149,17 +91,10 @@ def _prune_round(ctx: ScheduleContext, level: float, masks: Masks | None) -> Mas
 @SCHEDULES.register("imp_rounds", options=ImpRoundsOptions)
 def imp_rounds(ctx: ScheduleContext) -> ScheduleResult:
     """``imp`` with a test evaluation (accuracy, per-class recall) recorded after every round."""
-    counting = getattr(ctx, "imp_counting", "prunable")
+    opts = ctx.options if isinstance(ctx.options, ImpOptions) else ImpOptions(rate=ctx.imp_rate)
     dense = ctx.dense()
     ctx.model.load_state_dict(dense.final)
-    if counting == "prunable":
-        levels = imp_levels(ctx.sparsity, ctx.imp_rate)
-    else:
-        exclude = getattr(ctx, "exclude", None)
-        if exclude is None:
-            raise PrunelabError("counting 'openlth' needs the excluded layers in the schedule context (ctx.exclude)")
-        prunable, ignored = weight_counts(ctx.model, tuple(exclude))
-        levels = imp_levels(ctx.sparsity, ctx.imp_rate, counting, prunable=prunable, ignored=ignored)
+    levels = imp_levels_for(ctx, opts)
     history = list(dense.history)
     events = []
     masks: Masks | None = None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +34,7 @@ from torch import nn
 
 from prunelab.callbacks import Callback
 from prunelab.errors import PrunelabError
-from prunelab.masks import Masks
+from prunelab.masks import Masks, prunable_parameters
 from prunelab.pruning.enforce import MaskEnforcer
 from prunelab.registry import Registry
 
@@ -84,6 +84,8 @@ class ScheduleContext:
     progress: bool = True
     #: the schedule's validated options model (``SCHEDULES.parse_options(name, schedule_options)``)
     options: Any = None
+    #: fnmatch patterns of the layers the run never prunes (OpenLTH counting counts their weights)
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass
@@ -161,11 +163,20 @@ def imp_sparsities(target: float, rate: float) -> list[float]:
 
 
 class ImpOptions(BaseModel):
-    """Iterative magnitude pruning (Frankle & Carbin 2019; rewinding: Frankle et al. 2020)."""
+    """Iterative magnitude pruning (Frankle & Carbin 2019; rewinding: Frankle et al. 2020).
+
+    ``counting``: what "prune ``rate`` of the remaining weights" counts. ``prunable`` (ours): the
+    remaining prunable weights, rounds on the exponential schedule of :func:`imp_sparsities`.
+    ``openlth``: OpenLTH's convention (Frankle et al.'s framework, used by Good et al. 2022), which also
+    counts the never-pruned (``exclude``d) layers and prunes one more weight per round (the weight at
+    the threshold): :func:`openlth_prune_counts`; on LeNet-300-100 with the output layer excluded its
+    first round prunes 53,241 weights where ours prunes 53,040.
+    """
 
     model_config = ConfigDict(extra="forbid")
     rate: float = Field(0.2, gt=0, lt=1, description="fraction of the remaining weights pruned per round")
     rewind_iteration: int = Field(0, ge=0, description="rewind to the weights after this many steps (0 = init)")
+    counting: Literal["prunable", "openlth"] = Field("prunable", description="what the rate is a fraction of")
 
 
 @SCHEDULES.register("imp", options=ImpOptions)
@@ -180,7 +191,8 @@ def iterative_magnitude(ctx: ScheduleContext) -> ScheduleResult:
     history = list(dense.history)
     events = []
     masks: Masks | None = None
-    for round_index, level in enumerate(imp_sparsities(ctx.sparsity, ctx.imp_rate), start=1):
+    opts = ctx.options if isinstance(ctx.options, ImpOptions) else ImpOptions(rate=ctx.imp_rate)
+    for round_index, level in enumerate(imp_levels_for(ctx, opts), start=1):
         masks = ctx.prune_fn(ctx.model, level, masks)
         ctx.model.load_state_dict(dense.rewind)  # rewind the kept weights
         masks.apply(ctx.model)
@@ -189,6 +201,71 @@ def iterative_magnitude(ctx: ScheduleContext) -> ScheduleResult:
     if masks is None:  # target sparsity 0: the dense model is the result
         masks = Masks.ones(ctx.model)
     return ScheduleResult(masks, history, events)
+
+
+COUNTINGS = ("prunable", "openlth")
+
+
+def openlth_prune_counts(prunable: int, ignored: int, rate: float, rounds: int) -> list[int]:
+    """Weights pruned after each of ``rounds`` OpenLTH rounds (cumulative, of the ``prunable`` ones).
+
+    Round k prunes ``ceil(rate * (prunable - pruned + ignored)) + 1`` more (at most what is left),
+    ``ignored`` being the weights of the never-pruned layers that OpenLTH still counts.
+    """
+    if not 0.0 < rate < 1.0:
+        raise PrunelabError(f"rate {rate!r} must be in (0, 1)")
+    if prunable <= 0 or ignored < 0 or rounds < 0:
+        raise PrunelabError(f"need prunable > 0, ignored >= 0, rounds >= 0; got {prunable}, {ignored}, {rounds}")
+    pruned, out = 0, []
+    for _ in range(rounds):
+        remaining = prunable - pruned + ignored
+        pruned = min(prunable, pruned + math.ceil(rate * remaining) + 1)
+        out.append(pruned)
+    return out
+
+
+def imp_levels(target: float, rate: float, counting: str = "prunable", *, prunable: int | None = None,
+               ignored: int = 0) -> list[float]:
+    """Sparsity (of the prunable weights) after each IMP round, under ``counting``.
+
+    ``"prunable"`` is :func:`prunelab.pruning.schedules.imp_sparsities`. ``"openlth"`` follows
+    :func:`openlth_prune_counts` (needs the ``prunable`` and ``ignored`` weight counts): as many rounds
+    as it takes to reach ``target`` (a level within half a weight of it counts as reaching it), the
+    last one clipped to ``target``.
+    """
+    if counting not in COUNTINGS:
+        raise PrunelabError(f"counting {counting!r} is not one of: {', '.join(COUNTINGS)}")
+    if counting == "prunable":
+        return imp_sparsities(target, rate)
+    if prunable is None:
+        raise PrunelabError("counting 'openlth' needs the number of prunable weights")
+    if target <= 0.0:
+        return []
+    levels: list[float] = []
+    pruned, k = 0, 0
+    while True:
+        k += 1
+        pruned = openlth_prune_counts(prunable, ignored, rate, k)[-1]
+        level = pruned / prunable
+        if level >= target - 0.5 / prunable or pruned >= prunable:
+            levels.append(min(level, target))
+            return levels
+        levels.append(level)
+
+
+def weight_counts(model: nn.Module, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(prunable, ignored): weights of the default prunable layers outside / inside ``exclude``."""
+    every = sum(int(p.numel()) for p in prunable_parameters(model).values())
+    prunable = sum(int(p.numel()) for p in prunable_parameters(model, exclude=tuple(exclude)).values())
+    return prunable, every - prunable
+
+
+def imp_levels_for(ctx: "ScheduleContext", opts: "ImpOptions") -> list[float]:
+    """The sparsity after each IMP round for the context's model, target and excluded layers."""
+    if opts.counting == "prunable":
+        return imp_levels(ctx.sparsity, opts.rate)
+    prunable, ignored = weight_counts(ctx.model, tuple(ctx.exclude))
+    return imp_levels(ctx.sparsity, opts.rate, opts.counting, prunable=prunable, ignored=ignored)
 
 
 def polynomial_sparsity(t: int, t0: int, t_end: int, final: float, initial: float = 0.0) -> float:
