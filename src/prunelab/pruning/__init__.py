@@ -37,9 +37,11 @@ from prunelab.pruning import structured_schedule as _structured_schedule  # noqa
 from prunelab.pruning import upa as _upa  # noqa: E402,F401  (undecayed pruning criterion)
 from prunelab.pruning.allocation import ExplicitAllocation, keep_top, layer_densities
 from prunelab.pruning.api import prune
+from prunelab.pruning.compact import compact, remove_pruned_units
 from prunelab.pruning.context import ALLOCATIONS, CRITERIA, UPDATES, ScoreContext, as_batches
 from prunelab.pruning.enforce import MaskEnforcer
 from prunelab.pruning.schedules import SCHEDULES
+from prunelab.pruning.sparse_export import model_bytes, to_sparse
 
 __all__ = [
     "ALLOCATIONS",
@@ -61,7 +63,11 @@ __all__ = [
     "make_permanent",
     "prunable_modules",
     "prunable_parameters",
+    "compact",
+    "model_bytes",
     "prune",
+    "remove_pruned_units",
     "sparsity_report",
+    "to_sparse",
     "to_torch_prune",
 ]
