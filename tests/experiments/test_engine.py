@@ -373,3 +373,13 @@ def test_imp_counting_conventions_through_the_engine(tmp_path, counting):
     assert res.rows[0]["prune.schedule_options.counting" if counting == "openlth" else "prune.schedule"] in (
         counting, "imp")
     assert events[-1]["sparsity"] == pytest.approx(0.5, abs=1 / prunable)  # the last round is clipped to the target
+
+
+def test_an_analysis_registered_in_a_test_shows_in_prunelab_list(first_layer_analysis):
+    from click.testing import CliRunner
+
+    from prunelab.cli import main
+
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0, result.output
+    assert f"{first_layer_analysis}(scale=1.0)" in result.output  # with its typed option and default
