@@ -38,7 +38,7 @@ CASES = [
      "invalid config: base.prune: unknown option 'iteratons' for criterion 'synflow' / allocation 'global'; "
      "valid: iterations"),
     (["run", "{d}/sched.toml"],
-     "invalid config: base.prune: unknown option 'rat' for schedule 'imp'; valid: rate, rewind_iteration"),
+     "invalid config: base.prune: unknown option 'rat' for schedule 'imp'; valid: rate, rewind_iteration, counting"),
     (["run", "{d}/analysis.toml"],
      "invalid config: base: unknown option 'sampels' for analysis 'units'; valid: split, samples"),
     (["run", "{d}/alloc.toml"], "explicit allocation names layer 'nope.weight', which is not prunable; layers: "
