@@ -19,6 +19,20 @@ def test_python_tour_runs(tmp_path, monkeypatch):
     assert 0.0 < masks.sparsity() < 1.0
 
 
+def test_transformers_tour_runs():
+    import pytest
+
+    pytest.importorskip("transformers")
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2, "README has no transformers example"
+    namespace: dict = {}
+    exec(compile("import prunelab\nfrom prunelab.pruning import sparsity_report\n" + blocks[1], "README.md",
+                 "exec"), namespace)  # noqa: S102 - our own documentation
+    masks = namespace["gpt_masks"]
+    assert abs(masks.sparsity() - 0.9) < 1e-3
+    assert all(".h." in name for name in masks)  # only the block projections are pruned by default
+
+
 def test_readme_names_the_two_setup_commands_used_by_ci():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
