@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     methods = [m for m in METHODS if m[0] in labels]
     if not callback_milp.scip_available():
-        print("pyscipopt not installed: cb-scip skipped (pip install 'prunelab[exact]')", file=sys.stderr)
+        print("pyscipopt not installed: cb-scip skipped (pip install pyscipopt)", file=sys.stderr)
         methods = [m for m in methods if m[2] != "scip"]
     data = load("mnist", root=args.data_root, normalize=False)
     witnesses = torch.cat([data.x_train, data.x_test])

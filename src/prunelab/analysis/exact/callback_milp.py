@@ -27,9 +27,13 @@ exactly and has no margin; we follow our sound variant).
 candidate solution (``CONSCHECK``: it records the confirmed flips and rejects any solution with a
 ``y = 1``, like the lazy constraints that reject Gurobi's incumbent), enforces integral LP solutions
 (``CONSENFOLP``) and pseudo-solutions, and fixes the indicators of witnessed candidates to 0 globally
-in its propagation (the lazy ``p = 0``); a primal heuristic run after every node LP reads the LP's
+in its propagation (the lazy ``p = 0``; a node that has branched to ``y = 1`` for a candidate closed
+since is cut off: SCIP does not tighten a global bound below a local one, and every input of that
+node is also in its ``y = 0`` sibling); a primal heuristic run after every node LP reads the LP's
 ``x``, forward-passes it and records its flips (the ``MIPNODE`` injection; we skip handing SCIP the
-completed solution, which the constraint handler would reject anyway). One solve, no restart.
+completed solution, which the constraint handler would reject anyway). Dual reductions and symmetry
+handling are off (they cannot see the handler's constraints; Gurobi's ``LazyConstraints=1`` turns
+dual reductions off too), and so are SCIP's cuts (``SCIP_CUTS``). One solve, no restart.
 
 **HiGHS** (``highspy`` 1.16) cannot: its callbacks ``kCallbackMipSolution`` (every feasible solution
 of the main MIP, read-only) and ``kCallbackMipImprovingSolution`` give the solution vector, and
@@ -85,7 +89,7 @@ def check_solver(solver: object) -> None:
     if solver not in SOLVERS:
         raise PrunelabError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
     if solver == "scip" and not scip_available():
-        raise PrunelabError("solver 'scip' needs pyscipopt: pip install 'prunelab[exact]' (or pip install pyscipopt)")
+        raise PrunelabError("solver 'scip' needs pyscipopt: pip install pyscipopt")
 
 
 class _Flips:
@@ -274,6 +278,7 @@ def _scip_model(milp: ReluMilp, ycols: np.ndarray, deadline: float | None):
     # LazyConstraints=1 switches dual presolve reductions off for the same reason)
     model.setParam("misc/allowstrongdualreds", False)
     model.setParam("misc/allowweakdualreds", False)
+    model.setParam("misc/usesymmetry", 0)  # symmetry detection cannot see the handler's constraints
     if deadline is not None:
         model.setParam("limits/time", max(deadline - time.perf_counter(), 1e-3))
     return model, variables
