@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 	else \
 	    $(BIN)/python -m pip install --retries 1 "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_INDEX); \
 	fi
-	$(BIN)/python -m pip install -e ".[test,ray]"
+	$(BIN)/python -m pip install -e ".[test,ray,exact]"
 	@touch $@
 
 install: $(BIN)/.installed
