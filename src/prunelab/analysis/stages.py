@@ -143,7 +143,8 @@ def _regions(model, masks, data, options, run) -> Row:
 class ExactOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     domain: str = Field("box:0,1", description="input box in pixel units, mapped through the normalisation")
-    method: Literal["single_milp", "per_unit"] = "single_milp"
+    method: Literal["single_milp", "per_unit", "callback_milp"] = "single_milp"
+    solver: Literal["highs", "scip"] = Field("highs", description="MILP solver of method callback_milp")
     time_limit: Optional[float] = Field(None, gt=0, description="seconds for the MILP stage")
     data_samples: int = Field(1000, ge=0, description="training inputs used as witnesses")
 
@@ -161,7 +162,7 @@ def _exact(model, masks, data, options, run) -> Row:
 
     witnesses = inside(data.x_train[: options.data_samples]) if options.data_samples else None
     stable = find_stable_neurons(model, (lower, upper), data=witnesses, time_limit=options.time_limit,
-                                 masks=masks, method=options.method, seed=run.seed)
+                                 masks=masks, method=options.method, seed=run.seed, solver=options.solver)
     result = compress(model, stable, data=inside(data.x_test), seed=run.seed)
     totals = {f"stably_{k}" if k in ("active", "inactive") else k: v for k, v in stable.totals().items()}
     return {**totals, "complete": stable.complete, **result.to_row()}

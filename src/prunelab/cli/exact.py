@@ -15,17 +15,21 @@ from prunelab.report.tables import rich_table
               help="input box in pixel units, mapped through the dataset's normalisation")
 @click.option("--time-limit", type=float, default=600.0, show_default=True,
               help="seconds for the MILP stage; what is not proven by then is unresolved (kept)")
-@click.option("--method", type=click.Choice(["single_milp", "per_unit"]), default="single_milp", show_default=True,
+@click.option("--solver", type=click.Choice(["highs", "scip"]), default="highs", show_default=True,
+              help="MILP solver of --method callback_milp (scip: pip install 'prunelab[exact]')")
+@click.option("--method", type=click.Choice(["single_milp", "per_unit", "callback_milp"]), default="single_milp",
+              show_default=True,
               help="one MILP for all candidates (Serra et al. 2021) or two per unit (Serra et al. 2020)")
 @click.option("--data-samples", type=click.IntRange(min=0), default=10000, show_default=True,
               help="training inputs used to rule out unstable units")
 @click.option("--data-root", default=None, help="dataset folder")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="compressed model file  [default: RUN_DIR/compressed.safetensors]")
-def command(run_dir, domain, time_limit, method, data_samples, data_root, out) -> None:
+def command(run_dir, domain, time_limit, method, solver, data_samples, data_root, out) -> None:
     """Prove stably active / inactive ReLUs of a trained MLP with a MILP and write the exactly
     equivalent smaller network (Serra et al. 2020, 2021)."""
-    done = exact_compress_run(run_dir, domain, time_limit=time_limit, method=method, data_samples=data_samples,
+    done = exact_compress_run(run_dir, domain, time_limit=time_limit, method=method, solver=solver,
+                              data_samples=data_samples,
                               data_root=data_root, out=out)
     console.print(rich_table(done.stability_rows(), STABILITY_COLUMNS, title=f"stability per hidden layer ({method})",
                              headers=STABILITY_HEADERS))

@@ -256,7 +256,7 @@ def _inside(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 def exact_compress_run(run_dir: str | Path, domain: str = "box:0,1", *, time_limit: float = 600.0,
                        method: str = "single_milp", data_samples: int = 10000, data_root: str | None = None,
-                       out: str | Path | None = None, progress: bool = True) -> ExactCompression:
+                       out: str | Path | None = None, progress: bool = True, solver: str = "highs") -> ExactCompression:
     """Stable-neuron analysis and exact compression of a trained MLP on disk.
 
     ``domain`` is a box in pixel units (``"box:0,1"``), mapped by :meth:`Dataset.input_box` through
@@ -276,7 +276,7 @@ def exact_compress_run(run_dir: str | Path, domain: str = "box:0,1", *, time_lim
         x = ds.x_train[:data_samples]
         witnesses = _inside(x.reshape(len(x), -1), box)
     stable = find_stable_neurons(run.model, box, data=witnesses, time_limit=time_limit, masks=run.masks,
-                                 method=method, progress=progress)
+                                 method=method, progress=progress, solver=solver)
     test = _inside(ds.x_test.reshape(len(ds.x_test), -1), box)
     result = compress(run.model, stable, data=test)
     path = Path(out) if out else Path(run.path) / "compressed.safetensors"
