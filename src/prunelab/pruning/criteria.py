@@ -241,7 +241,16 @@ def grasp(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: ScoreContext
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             z = sum((gi * gr).sum() for gi, gr in zip(g, grads) if gr is not None)
             if isinstance(z, torch.Tensor) and z.requires_grad:
-                parts = torch.autograd.grad(z, leaves, allow_unused=True)
+                try:
+                    parts = torch.autograd.grad(z, leaves, allow_unused=True)
+                except RuntimeError as exc:  # an op of the model has no second derivative in torch
+                    if "derivative for" not in str(exc):
+                        raise
+                    raise PrunelabError(
+                        f"criterion 'grasp' needs second derivatives (a Hessian-gradient product), which torch "
+                        f"does not implement for an op of {type(model).__name__}: {str(exc).splitlines()[0]}; "
+                        "use snip or synflow for this model"
+                    ) from None
                 hg = [h + p if p is not None else h for h, p in zip(hg, parts)]
     return {k: (w.detach() * h) for (k, w), h in zip(weights.items(), hg)}
 

@@ -78,6 +78,12 @@ class _SparseWeight(nn.Module):
         return self.sparse_weight().to_dense()
 
     @property
+    def weight(self) -> Tensor:
+        """The weight as a sparse tensor (read-only; it has the dtype and device models check, e.g. T5's
+        feed-forward reads ``wo.weight.dtype``)."""
+        return self.sparse_weight()
+
+    @property
     def nnz(self) -> int:
         """Stored values (for BSR: whole blocks, zeros inside them included)."""
         return int(self.values.numel())
