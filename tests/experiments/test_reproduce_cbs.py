@@ -2,7 +2,6 @@
 hand-made rows, and ``prunelab reproduce cbs --quick`` end to end on the shared MNIST."""
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -15,13 +14,7 @@ from prunelab.experiments.reproductions.cbs import method_of, options_of, report
 from prunelab.pruning.second_order import CBSOptions, FisherOptions
 from prunelab.report.tables import read_csv
 
-REPO = Path(__file__).resolve().parents[2]
 GRID = [("magnitude", None), ("woodfisher", "auto"), ("cbs", None), ("magnitude", "cbs"), ("cbs", "auto")]
-
-
-def shared_data_dir() -> Path:
-    """As tests/data/conftest.py: env PRUNELAB_SHARED_DATA, default <repo>/../shared/data."""
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.mark.parametrize("mode, seeds, sparsities", [("quick", 1, 2), ("default", 5, 7), ("full", 5, 7)])
@@ -136,8 +129,8 @@ def test_method_names_and_options_from_csv_cells():
     assert options_of({"prune.options": ""}) == {} and options_of({}) == {}
 
 
-def test_quick_end_to_end_through_the_cli(tmp_path):
-    data = shared_data_dir()
+def test_quick_end_to_end_through_the_cli(tmp_path, shared_data: Path):
+    data = shared_data
     if not (data / "mnist").is_dir():
         pytest.skip(f"shared data folder {data} has no mnist/ (set PRUNELAB_SHARED_DATA)")
     from prunelab.cli import main

@@ -7,53 +7,12 @@ about 20 s of this machine, so it runs only when ``PRUNELAB_CIFAR`` is set, to a
 with ``shared/data/unpack.sh``).
 """
 
-import dataclasses
-import os
-import subprocess
-import typing
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from prunelab.experiments import runner
 from prunelab.experiments.reproductions import load, report_from_folder
 from prunelab.experiments.reproductions.earlybird import report, ticket_of
-from prunelab.pruning.schedules import ScheduleContext
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    """As tests/data/conftest.py: env PRUNELAB_SHARED_DATA, default <repo>/../shared/data."""
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-@pytest.fixture(scope="session")
-def cifar_root(tmp_path_factory) -> Path:
-    value = os.environ.get("PRUNELAB_CIFAR")
-    if not value:
-        pytest.skip("set PRUNELAB_CIFAR (a data root with cifar-10-batches-bin/, or 1 to unpack the shared copy)")
-    if Path(value).is_dir():
-        return Path(value)
-    dest = tmp_path_factory.mktemp("cifar")
-    subprocess.run([str(shared_data_dir() / "unpack.sh"), str(dest)], check=True, capture_output=True)
-    return dest
-
-
-@pytest.fixture
-def schedule_options_reach_the_schedule(monkeypatch):
-    """Until the runner passes a schedule's validated options as ``ScheduleContext.options``, emulate it."""
-    if "options" in ScheduleContext.__dataclass_fields__:
-        return
-
-    @dataclasses.dataclass
-    class Context(ScheduleContext):
-        options: typing.Any = None
-
-    fields = runner._schedule_fields
-    monkeypatch.setattr(runner, "ScheduleContext", Context)
-    monkeypatch.setattr(runner, "_schedule_fields", lambda name, settings: {**fields(name, settings), "options": settings})
 
 
 @pytest.mark.parametrize("mode, runs, tickets, ratios", [
@@ -144,7 +103,7 @@ def test_a_run_stopped_at_the_other_rule_does_not_hide_an_early_bird():
     assert mask.ours == "epoch 8 of 24 (33 %)"
 
 
-def test_quick_runs_end_to_end_through_the_cli(cifar_root, tmp_path, schedule_options_reach_the_schedule):
+def test_quick_runs_end_to_end_through_the_cli(cifar_root, tmp_path):
     from prunelab.cli import main
 
     out = tmp_path / "out"

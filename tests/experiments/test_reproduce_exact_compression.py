@@ -3,7 +3,6 @@ report on hand-made rows, and ``prunelab reproduce exact-compression --quick`` e
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,12 +11,6 @@ from click.testing import CliRunner
 
 from prunelab.experiments.reproductions import REPRODUCTIONS, load
 from prunelab.experiments.reproductions.exact_compression import arch_of, equivalence, per_layer, report
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.mark.parametrize("mode, runs", [("quick", 2), ("default", 32), ("full", 10)])
@@ -96,8 +89,8 @@ def test_equivalence_rule_and_helpers() -> None:
     assert per_layer({"exact.neurons_removed_per_layer": "31,15"}) == [31, 15]
 
 
-def test_reproduce_quick_through_the_cli(tmp_path: Path) -> None:
-    data = shared_data_dir()
+def test_reproduce_quick_through_the_cli(tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data
     if not (data / "mnist").is_dir():
         pytest.skip(f"shared data folder {data} is missing")
     from prunelab.cli import main

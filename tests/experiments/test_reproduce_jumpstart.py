@@ -3,7 +3,6 @@ and ``prunelab reproduce jumpstart --quick`` end to end."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,12 +11,6 @@ from click.testing import CliRunner
 
 from prunelab.experiments.reproductions import REPRODUCTIONS, load
 from prunelab.experiments.reproductions.jumpstart import arch_of, report
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.mark.parametrize("mode, runs", [("quick", 2), ("default", 12), ("full", 120)])
@@ -86,8 +79,8 @@ def test_report_when_jumpstart_leaves_more_dead_units_and_in_quick_mode() -> Non
     assert arch_of({"model_kwargs": "widths=[8, 8, 8]"}) == (3, 8)
 
 
-def test_reproduce_quick_through_the_cli(tmp_path: Path) -> None:
-    data = shared_data_dir()
+def test_reproduce_quick_through_the_cli(tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data
     if not (data / "mnist").is_dir():
         pytest.skip(f"shared data folder {data} is missing")
     from prunelab.cli import main

@@ -3,7 +3,6 @@ and ``prunelab reproduce linear-regions --quick`` end to end."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,12 +11,6 @@ from click.testing import CliRunner
 
 from prunelab.experiments.reproductions import REPRODUCTIONS, load
 from prunelab.experiments.reproductions.linear_regions import report, width_of
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.mark.parametrize("mode, runs", [("quick", 4), ("default", 42), ("full", 126)])
@@ -96,8 +89,8 @@ def test_width_of_reads_the_flattened_model_kwargs() -> None:
     assert width_of({"model_kwargs": {"widths": [200, 200]}}) == 200
 
 
-def test_reproduce_quick_through_the_cli(tmp_path: Path) -> None:
-    data = shared_data_dir()
+def test_reproduce_quick_through_the_cli(tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data
     if not (data / "mnist").is_dir():
         pytest.skip(f"shared data folder {data} is missing")
     from prunelab.cli import main

@@ -3,7 +3,6 @@
 its report on hand-made rows, and ``prunelab reproduce recall --quick`` end to end on the shared MNIST."""
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -21,13 +20,6 @@ from prunelab.pruning import prune
 from prunelab.pruning.imp_rounds import imp_levels, openlth_prune_counts, weight_counts
 from prunelab.pruning.schedules import imp_sparsities
 from prunelab.report.tables import read_csv
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    """As tests/data/conftest.py: env PRUNELAB_SHARED_DATA, default <repo>/../shared/data."""
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 # --- the sweeps ------------------------------------------------------------------------------------
@@ -193,8 +185,8 @@ def test_report_bands_fall_back_to_the_extreme_ratios():
     assert any("highest ratio 0.36" in c.ours for c in rep.claims)
 
 
-def test_quick_end_to_end_through_the_cli(tmp_path):
-    data = shared_data_dir()
+def test_quick_end_to_end_through_the_cli(tmp_path, shared_data: Path):
+    data = shared_data
     if not (data / "mnist").is_dir():
         pytest.skip(f"shared data folder {data} has no mnist/ (set PRUNELAB_SHARED_DATA)")
     from prunelab.cli import main

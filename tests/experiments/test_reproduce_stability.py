@@ -7,57 +7,16 @@ about 20 s of this machine, so it runs only when ``PRUNELAB_CIFAR`` is set, to a
 with ``shared/data/unpack.sh``).
 """
 
-import dataclasses
 import math
-import os
-import subprocess
-import typing
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from prunelab.experiments import runner
 from prunelab.experiments.reproductions import load, report_from_folder
 from prunelab.experiments.reproductions.stability import correlation_ci, method_of, report
-from prunelab.pruning.schedules import ScheduleContext
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path:
-    """As tests/data/conftest.py: env PRUNELAB_SHARED_DATA, default <repo>/../shared/data."""
-    return Path(os.environ.get("PRUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 S1, S13, L13 = "Prune_S 1.9%", "Prune_S 12%", "Prune_L 12%"  # default mode: 0.6 / 32 events; 0.6 / 5 events
-
-
-@pytest.fixture(scope="session")
-def cifar_root(tmp_path_factory) -> Path:
-    value = os.environ.get("PRUNELAB_CIFAR")
-    if not value:
-        pytest.skip("set PRUNELAB_CIFAR (a data root with cifar-10-batches-bin/, or 1 to unpack the shared copy)")
-    if Path(value).is_dir():
-        return Path(value)
-    dest = tmp_path_factory.mktemp("cifar")
-    subprocess.run([str(shared_data_dir() / "unpack.sh"), str(dest)], check=True, capture_output=True)
-    return dest
-
-
-@pytest.fixture
-def schedule_options_reach_the_schedule(monkeypatch):
-    """Until the runner passes a schedule's validated options as ``ScheduleContext.options``, emulate it."""
-    if "options" in ScheduleContext.__dataclass_fields__:
-        return
-
-    @dataclasses.dataclass
-    class Context(ScheduleContext):
-        options: typing.Any = None
-
-    fields = runner._schedule_fields
-    monkeypatch.setattr(runner, "ScheduleContext", Context)
-    monkeypatch.setattr(runner, "_schedule_fields", lambda name, settings: {**fields(name, settings), "options": settings})
 
 
 @pytest.mark.parametrize("mode, runs, seeds", [("quick", 2, 1), ("default", 12, 4), ("full", 50, 10)])
@@ -151,7 +110,7 @@ def test_no_pruning_runs_are_labelled_and_kept_out_of_the_correlation():
     assert rep.claims[0].verdict == "reproduced" and "over 12 runs" in rep.claims[0].ours
 
 
-def test_quick_runs_end_to_end_through_the_cli(cifar_root, tmp_path, schedule_options_reach_the_schedule):
+def test_quick_runs_end_to_end_through_the_cli(cifar_root, tmp_path):
     from prunelab.cli import main
 
     out = tmp_path / "out"
