@@ -1,4 +1,4 @@
-"""He (Kaiming) initialisation, drawn exactly once per weight.
+"""He (Kaiming) initialisation, drawn exactly once per weight; and PyTorch's own default, on request.
 
 He, Zhang, Ren & Sun (2015), "Delving Deep into Rectifiers", eq. (10): a layer followed by a ReLU
 keeps the forward signal's variance when its weights are ``N(0, 2 / fan_in)``, with ``fan_in`` the
@@ -12,6 +12,14 @@ Choices the paper leaves open, made here for every model of the zoo:
 * the classifier (the last Linear, no ReLU after it) gets the same ``N(0, 2 / fan_in)``;
 * biases start at zero; BatchNorm starts as the identity (weight 1, bias 0, running mean 0,
   running variance 1); the last BN of a residual block is *not* zero-initialised.
+
+``init="torch"`` (an option of every zoo model, see :func:`prunelab.models.zoo.create`) re-draws
+the weights with PyTorch's default initialisers instead (:func:`torch_init_`): Linear/Conv weights
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``kaiming_uniform_`` with ``a = sqrt(5)``), biases from the same
+range. Code that builds its models with plain ``nn.Linear``/``nn.Conv2d`` - the WoodFisher/CBS MLPNet,
+for one - trains from that start, and magnitude pruning of the trained weights depends on it: inputs
+that never vary (MNIST's border pixels) keep their initial weights, which He's ``N(0, 2 / fan_in)``
+makes ~2.5x larger.
 
 Models are built on the ``meta`` device and then materialised, so PyTorch's default initialisers
 never run: building a model consumes exactly one normal sample per Linear/Conv weight from the global
@@ -54,6 +62,35 @@ def he_init_(model: M) -> M:
         ):
             raise PrunelabError(
                 f"module {name!r} is a {type(module).__name__} with parameters or buffers; he_init_ "
+                "initialises Linear, Conv1d/2d/3d and BatchNorm1d/2d/3d only"
+            )
+    return model
+
+
+INITS = ("he", "torch")
+
+
+def torch_init_(model: M) -> M:
+    """Re-initialise every Linear/Conv/BatchNorm of ``model`` in place with PyTorch's defaults (each
+    module's own ``reset_parameters()``, in ``named_modules()`` order); return it.
+
+    Draws come from the global generator after the He draws the model was built with, so the same
+    seed gives the same weights. A module with parameters of any other kind is an error, as in
+    :func:`he_init_`.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, _WEIGHTED):
+            module.reset_parameters()
+        elif isinstance(module, _NORMS):
+            module.reset_running_stats()
+            if module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        elif any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        ):
+            raise PrunelabError(
+                f"module {name!r} is a {type(module).__name__} with parameters or buffers; torch_init_ "
                 "initialises Linear, Conv1d/2d/3d and BatchNorm1d/2d/3d only"
             )
     return model

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.models.init import INITS, torch_init_
 from prunelab.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -25,21 +26,29 @@ def create(
     name: str,
     num_classes: int = 10,
     input_shape: Sequence[int] = (1, 28, 28),
+    *,
+    init: str = "he",
     **kw: Any,
 ) -> nn.Module:
     """Build model ``name`` for inputs of shape ``input_shape`` (no batch axis) and ``num_classes`` outputs.
 
     Weights are drawn from the global torch generator (seed it with ``torch.manual_seed`` first);
     the zoo's models draw exactly one normal sample per Linear/Conv weight and nothing else (see
-    :func:`prunelab.models.init.he_init_`). The model is on the CPU, in float32 and in training
+    :func:`prunelab.models.init.he_init_`). ``init="torch"`` (any model; in a config
+    ``model_kwargs = { init = "torch" }``) then re-draws them with PyTorch's default initialisers
+    (:func:`prunelab.models.init.torch_init_`). The model is on the CPU, in float32 and in training
     mode, with ``model.input_shape`` (a tuple) and ``model.num_classes`` set.
     """
     builder = MODELS.get(name)
     key = name.lower()
     num_classes = positive_int(num_classes, "num_classes")
     shape = as_input_shape(input_shape)
+    if not isinstance(init, str) or init.lower() not in INITS:
+        raise PrunelabError(f"model init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
     _check_options(key, builder, kw)
     model = builder(num_classes, shape, **kw)
+    if init.lower() == "torch":
+        torch_init_(model)
     model.input_shape = shape
     model.num_classes = num_classes
     return model
@@ -48,6 +57,7 @@ def create(
 def _check_options(name: str, builder: Callable[..., nn.Module], kw: dict[str, Any]) -> None:
     params = inspect.signature(builder).parameters.values()
     allowed = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    allowed.append("init")
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise PrunelabError(
