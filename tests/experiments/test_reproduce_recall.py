@@ -33,7 +33,9 @@ def test_each_mode_loads_and_expands(mode, seeds, rounds, epochs):
         assert (c.dataset, c.model, c.prune.schedule, c.prune.allocation) == ("mnist", "lenet300", "imp_rounds",
                                                                               "global")
         assert c.prune.exclude == ["5.weight"] and [a.name for a in c.analyses] == ["recall_rounds"]
-        assert len(imp_sparsities(c.prune.sparsity, 0.2)) == rounds
+        # the authors' framework's counting: the never-pruned output layer (1,000 weights) counts too
+        assert c.prune.schedule_settings().counting == "openlth"
+        assert len(imp_levels(c.prune.sparsity, 0.2, "openlth", prunable=265_200, ignored=1_000)) == rounds
         assert c.train.epochs == c.finetune_config().epochs == epochs
         assert (c.train.lr, c.train.momentum, c.train.weight_decay, c.train.batch_size) == (0.1, 0.0, 5e-4, 128)
         assert c.data_root == "/nowhere"
