@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
-
 from prunelab.errors import PrunelabError
 
 
@@ -79,6 +77,8 @@ def stability_correlations(stability: Sequence[float], accuracy: Sequence[float]
            "kendall_tau": math.nan, "kendall_p": math.nan}
     if len(stability) < 3 or len(set(stability)) < 2 or len(set(accuracy)) < 2:
         return out
+    from scipy import stats  # here, not at import: scipy.stats costs ~0.5 s and only this needs it
+
     r = stats.pearsonr(stability, accuracy)
     t = stats.kendalltau(stability, accuracy)
     out.update(pearson_r=float(r.statistic), pearson_p=float(r.pvalue),

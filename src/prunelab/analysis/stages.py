@@ -25,6 +25,7 @@ model's test evaluation). It must not change the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -38,7 +39,8 @@ from prunelab.analysis.evaluate import EvalResult
 from prunelab.analysis.exact import compress, find_stable_neurons, parse_domain
 from prunelab.analysis.flatness import flatness
 from prunelab.analysis.recall import distortion
-from prunelab.analysis.regions import model_bound, regions_summary
+from prunelab.analysis.affine import mlp_layers, widths
+from prunelab.analysis.regions import expected_bound, model_bound, regions_summary
 from prunelab.analysis.stability import stability_summary
 from prunelab.analysis.units import unit_report
 from prunelab.errors import PrunelabError
@@ -202,3 +204,95 @@ def _recall(model, masks, data, options, run) -> Row:
         raise PrunelabError("analysis 'recall' needs the dense model's evaluation; use a schedule that trains dense")
     return distortion(run.dense.per_class_recall, run.dense.accuracy,
                       run.final.per_class_recall, run.final.accuracy).to_row()
+
+
+
+# --- The ``ticket`` analysis: the ticket a channel-pruning schedule drew, as columns of ``results.csv``
+#
+# The ``slimming`` schedule (:mod:`prunelab.pruning.slimming`) records one history row with
+# ``stage = "ticket"``: the epoch the ticket was drawn at, whether and when the early-bird rules fired
+# (``eb_found``, ``eb_partition_epoch``, ``eb_mask_epoch``), the test accuracy of the dense network it
+# came from (``dense_test_acc``) and of the pruned one before retraining (``pruned_test_acc``), the
+# fraction of channels kept, the dense and retraining epochs and the partition change of pruning. This
+# analysis returns that row (``ticket.epoch``, ``ticket.eb_partition_epoch``, ...).
+
+@ANALYSES.register("ticket")
+def ticket(model, masks, data, options, run) -> Row:
+    """The ``stage = "ticket"`` row of the run's history (the ``slimming`` schedule writes it)."""
+    rows = [r for r in run.history if r.get("stage") == "ticket"]
+    if not rows:
+        raise PrunelabError("analysis 'ticket' needs a schedule that records its ticket (schedule 'slimming')")
+    return {k: v for k, v in rows[-1].items() if k != "stage"}
+
+
+# --- The ``regions_expected`` analysis: Cai et al.'s expected bound at the run's per-layer densities.
+#
+# Cai, Nguyen, Shrestha, Good, Tu, Yu, Zhe & Serra (CPAIOR 2023), Theorem 1: the expected number of
+# linear regions of a ReLU MLP whose hidden layer l keeps a random fraction ``p_l`` of its weights is
+# at most a bound that depends only on the widths and the ``p_l``
+# (:func:`prunelab.analysis.regions.expected_bound`). This analysis reads each hidden layer's density
+# from the run's masks (1 for a layer that is not masked) and returns that bound: it is what the
+# ``lr_bound`` allocation maximises, so it shows whether an allocation did. Columns (prefixed by the
+# label, ``regions_expected.``): ``bound_log2``, ``bound_densities`` (one per hidden layer) and the
+# rest of :meth:`RegionBound.to_row`. Serra et al.'s rank bound of the trained weights themselves is
+# the ``regions_bound`` analysis.
+
+class ExpectedBoundOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: Literal["analytic", "montecarlo"] = Field("analytic", description="rank distribution of sparse layers")
+
+
+@ANALYSES.register("regions_expected", options=ExpectedBoundOptions)
+def regions_expected(model, masks, data, options, run) -> Row:
+    """Cai et al. (2023) expected linear-region bound at the densities of the run's masks (MLPs)."""
+    layers = mlp_layers(model)
+    hidden = [layer for layer in layers if layer.relu]
+    if not hidden:
+        raise PrunelabError("analysis 'regions_expected' needs an MLP with at least one hidden ReLU layer")
+    densities = []
+    for layer in hidden:
+        mask = None if masks is None else masks.get(f"{layer.name}.weight")
+        densities.append(1.0 if mask is None else float(mask.float().mean()))
+    ws = widths(layers)
+    return expected_bound(ws[0], ws[1:-1], densities, rank=options.rank, seed=run.seed).to_row()
+
+
+# --- Analysis ``recall_rounds``: recall distortion after every IMP round, against the run's dense model
+#
+# Reads the per-round rows the ``imp_rounds`` schedule writes into the run's history
+# (``round_sparsity``, ``round_test_accuracy``, ``round_per_class_recall``; see
+# :mod:`prunelab.pruning.imp_rounds`) and the dense model's test evaluation, and returns for every round
+# ``k`` (two digits) the columns ``r<k>.sparsity``, ``r<k>.test_accuracy``, ``r<k>.per_class_recall``
+# (';'-joined), ``r<k>.intensification_ratio`` (alpha), ``r<k>.distortion_slope`` (beta) and
+# ``r<k>.classes_counted`` -- the measures of :func:`prunelab.analysis.recall.distortion` -- plus
+# ``rounds``. With the label ``recall_rounds`` they read ``recall_rounds.r03.intensification_ratio``.
+
+def round_rows(history: list[dict]) -> list[dict]:
+    """The per-round records of an ``imp_rounds`` history, in round order."""
+    rows = [r for r in history if "round_per_class_recall" in r]
+    return sorted(rows, key=lambda r: int(r["round"]))
+
+
+@ANALYSES.register("recall_rounds")
+def recall_rounds(model, masks, data, options, run) -> dict:
+    """Recall distortion (Good et al. 2022) of every IMP round against the dense model of the run."""
+    if run.dense is None:
+        raise PrunelabError("analysis 'recall_rounds' needs the dense model's evaluation; use schedule imp_rounds")
+    rounds = round_rows(run.history)
+    if not rounds:
+        raise PrunelabError("analysis 'recall_rounds' found no per-round records in the history; use schedule "
+                            "imp_rounds (it evaluates the test split after every round)")
+    out: dict = {"rounds": len(rounds)}
+    for r in rounds:
+        key = f"r{int(r['round']):02d}"
+        out[f"{key}.sparsity"] = float(r["round_sparsity"])
+        out[f"{key}.test_accuracy"] = float(r["round_test_accuracy"])
+        out[f"{key}.per_class_recall"] = ";".join(f"{v:.6f}" for v in r["round_per_class_recall"])
+        if float(r["round_test_accuracy"]) > 0:  # relative recall is undefined at accuracy 0
+            row = distortion(run.dense.per_class_recall, run.dense.accuracy, r["round_per_class_recall"],
+                             r["round_test_accuracy"]).to_row()
+        else:
+            row = {"intensification_ratio": math.nan, "distortion_slope": math.nan, "classes_counted": 0}
+        for name in ("intensification_ratio", "distortion_slope", "classes_counted"):
+            out[f"{key}.{name}"] = row[name]
+    return out

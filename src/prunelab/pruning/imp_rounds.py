@@ -9,7 +9,7 @@ each round's retraining the test split is evaluated and a history row is appende
 so one run to the last round gives the accuracy and per-class recall after *every* round (what
 recall-distortion studies need, Good et al. 2022), where a sweep of ``imp`` runs to each round's
 sparsity would retrain rounds 1..k again for every k (k(k+1)/2 rounds instead of k). The
-:mod:`prunelab.analysis.recall_rounds_stage` analysis turns these rows into columns. Masks, rewinding
+``recall_rounds`` analysis (:mod:`prunelab.analysis.stages`) turns these rows into columns. Masks, rewinding
 and retraining are exactly ``imp``'s (same calls in the same order), so the final model equals the
 ``imp`` run with the same config. Options: ``rewind_iteration`` (as ``imp``). The rate is the
 context's ``imp_rate`` (0.2: the experiment runner fills it for ``imp`` only), until the runner passes

@@ -13,7 +13,7 @@ Claims checked:
 4. the partition early bird comes no later than the channel-mask one.
 
 Every run is one ``slimming`` schedule run (:mod:`prunelab.pruning.slimming`) with the ``ticket``
-analysis (:mod:`prunelab.analysis.ticket_stage`); the ticket kind is
+analysis (:mod:`prunelab.analysis.stages`); the ticket kind is
 ``prune.schedule_options.ticket``, p is ``prune.sparsity`` (the fraction of channels removed).
 
 "Early" has to be judged in the compressed schedules of the reduced modes, where the 3-epoch window
@@ -31,7 +31,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prunelab.analysis import ticket_stage as _ticket  # noqa: F401  (registers the ticket analysis)
+from prunelab.analysis import stages as _stages  # noqa: F401  (registers the ticket analysis)
 from prunelab.experiments.reproductions.base import Claim, Report, Reproduction, register
 from prunelab.experiments.reproductions.common import fmt_mean_std, mean_ci, seeds_of
 from prunelab.models import vgg_width as _vgg_width  # noqa: F401  (registers vgg_scaled)
