@@ -59,9 +59,9 @@ def test_unknown_option_is_named_with_allowed_ones(name):
         create(name, input_shape=STANDARD_INPUT[name], width=3, depth=2)
 
 
-def test_option_free_model_says_none_allowed():
-    with pytest.raises(PrunelabError, match=r"'bias'; allowed: none"):
-        create("mlpnet", bias=True)
+def test_option_free_model_allows_only_init():
+    with pytest.raises(PrunelabError, match=r"'bias'; allowed: init$"):
+        create("mlpnet", bias=True)  # MLPNet has no bias option; every model takes init
 
 
 def test_missing_required_option():

@@ -41,59 +41,54 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _init_(model: M, weighted: Callable[[nn.Module], None], who: str) -> M:
+    """``weighted(module)`` on every Linear/Conv, BatchNorm to the identity; anything else with
+    parameters or buffers is an error, so nothing is left uninitialised."""
+    for name, module in model.named_modules():
+        if isinstance(module, _WEIGHTED):
+            weighted(module)
+        elif isinstance(module, _NORMS):
+            module.reset_running_stats()
+            if module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        elif any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        ):
+            raise PrunelabError(
+                f"module {name!r} is a {type(module).__name__} with parameters or buffers; {who} "
+                "initialises Linear, Conv1d/2d/3d and BatchNorm1d/2d/3d only"
+            )
+    return model
+
+
+def _he(module: nn.Module) -> None:
+    nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 def he_init_(model: M) -> M:
     """Initialise every Linear/Conv/BatchNorm of ``model`` in place as described above; return it.
 
     A module with parameters or buffers of any other kind is an error, so nothing is left
     uninitialised.
     """
-    for name, module in model.named_modules():
-        if isinstance(module, _WEIGHTED):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, _NORMS):
-            module.reset_running_stats()
-            if module.affine:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        elif any(True for _ in module.parameters(recurse=False)) or any(
-            True for _ in module.buffers(recurse=False)
-        ):
-            raise PrunelabError(
-                f"module {name!r} is a {type(module).__name__} with parameters or buffers; he_init_ "
-                "initialises Linear, Conv1d/2d/3d and BatchNorm1d/2d/3d only"
-            )
-    return model
+    return _init_(model, _he, "he_init_")
 
 
 INITS = ("he", "torch")
 
 
 def torch_init_(model: M) -> M:
-    """Re-initialise every Linear/Conv/BatchNorm of ``model`` in place with PyTorch's defaults (each
-    module's own ``reset_parameters()``, in ``named_modules()`` order); return it.
+    """Re-initialise every Linear/Conv of ``model`` in place with PyTorch's defaults (each module's own
+    ``reset_parameters()``, in ``named_modules()`` order) and BatchNorm as in :func:`he_init_`; return it.
 
     Draws come from the global generator after the He draws the model was built with, so the same
     seed gives the same weights. A module with parameters of any other kind is an error, as in
     :func:`he_init_`.
     """
-    for name, module in model.named_modules():
-        if isinstance(module, _WEIGHTED):
-            module.reset_parameters()
-        elif isinstance(module, _NORMS):
-            module.reset_running_stats()
-            if module.affine:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        elif any(True for _ in module.parameters(recurse=False)) or any(
-            True for _ in module.buffers(recurse=False)
-        ):
-            raise PrunelabError(
-                f"module {name!r} is a {type(module).__name__} with parameters or buffers; torch_init_ "
-                "initialises Linear, Conv1d/2d/3d and BatchNorm1d/2d/3d only"
-            )
-    return model
+    return _init_(model, lambda module: module.reset_parameters(), "torch_init_")
 
 
 def build_he_initialised(factory: Callable[[], M]) -> M:
