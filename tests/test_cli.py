@@ -37,6 +37,9 @@ def assert_one_line_error(res, *needles):
 def test_list_and_help():
     res = invoke("list")
     assert res.exit_code == 0 and "lenet300" in res.output and "synflow" in res.output and "igq" in res.output
+    # model options come from the builders' signatures; init is common to all
+    assert "mlp(widths, bias=True)" in res.output and "vgg_scaled(depth=11, width=1.0, batch_norm=True)" in res.output
+    assert "init='he' | 'torch'" in res.output
     res = invoke("train", "--help")
     assert res.exit_code == 0 and "--lr" in res.output and "--momentum" in res.output
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
 from prunelab.analysis.stages import ANALYSES
@@ -28,7 +30,14 @@ def command(show_options: bool) -> None:
     ``analyses = [{name = ..., options = {...}}]``); an unknown option is an error naming these.
     """
     for title, registry in REGISTRIES:
-        if show_options and title in WITH_OPTIONS:
+        if show_options and title == "models":
+            console.print("[bold]models[/] (config: model_kwargs; every model also takes init='he' | 'torch'):")
+            for name in registry.names():
+                params = inspect.signature(registry.get(name)).parameters.values()
+                opts = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                        for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+                console.print(f"  {name}({', '.join(opts)})", highlight=False, soft_wrap=False)
+        elif show_options and title in WITH_OPTIONS:
             console.print(f"[bold]{title}[/]:")
             for name in registry.names():
                 console.print(f"  {registry.describe(name)}", highlight=False, soft_wrap=False)
