@@ -215,3 +215,13 @@ def test_report_refuses_a_table_it_cannot_plot(tmp_path, content, message):
     sep = ": " if message.startswith(("line", "no run")) else " "
     assert str(err.value) == f"results table {str(p)!r}{sep}{message}"
     assert not out.exists()  # no blank plot left behind
+
+
+def test_recorded_stage_seeds_are_repetitions_not_methods(tmp_path):
+    """The CSV records the seed each stage used (train.seed = seed, finetune.seed = seed + 1): a sweep
+    over seeds is still one series per method, averaged over the seeds."""
+    rows = read_csv(make_csv(tmp_path / "results.csv", criteria=("snip",), allocations=("global",)))
+    for r in rows:
+        r["train.seed"], r["finetune.seed"] = r["seed"], int(r["seed"]) + 1
+    (series,), by, _, _ = aggregate(rows)
+    assert by == [] and series.n == [3] * 5

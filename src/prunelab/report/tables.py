@@ -141,7 +141,7 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
 CONFIG_PREFIXES = ("train.", "finetune.", "prune.")
 CONFIG_NAMES = ("dataset", "model", "model_kwargs", "val_fraction", "finetune", "seed")
 #: Columns that name a repetition, not a method: results are aggregated over them.
-SEED_COLUMNS = ("seed", "train.seed")
+SEED_COLUMNS = ("seed", "train.seed", "finetune.seed")  # the CSV records the seeds each stage used
 #: Columns that set the sparsity (the x of a plot, not a method).
 SPARSITY_COLUMNS = ("prune.sparsity",)
 
