@@ -203,6 +203,6 @@ register(Reproduction(
     sweep="cbs.toml",
     report=report,
     data="mnist",
-    time={"quick": "~10 s CPU", "default": "~30 min CPU on 1 core (35 runs per seed, ~6 min per seed; 12 min on a "
-          "busy shared core)", "full": "~10-20 min GPU (estimate, not measured: no GPU was available)"},
+    time={"quick": "~10 s CPU", "default": "~30 min CPU on 1 core (35 runs per seed, ~6 min per seed; 5 seeds took "
+          "32 min on a core shared with another sweep)", "full": "~10-20 min GPU (estimate, not measured: no GPU was available)"},
 ))
