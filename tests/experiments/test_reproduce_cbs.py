@@ -37,19 +37,19 @@ def test_each_mode_loads_and_expands(mode, seeds, sparsities):
     if mode == "full":
         assert all(c.prune.options.get("full") is True for c in second)
     cbs = [c for c in cfgs if c.prune.criterion == "cbs"]
-    assert {c.prune.options.get("cbs_selection", "auto") for c in cbs} == {"auto" if mode == "full" else "blocks"}
+    assert {c.prune.options.get("cbs_selection", "auto") for c in cbs} == {"blocks" if mode == "quick" else "auto"}
     if mode == "quick":
         assert {c.prune.options.get("cbs_passes") for c in cbs} == {5}
 
 
-def test_default_is_the_old_scripts_default():
+def test_default_is_the_authors_dense_recipe_with_full_fisher_selection():
     cfgs = load("cbs", "default").expand()
     c = next(c for c in cfgs if c.prune.criterion == "cbs")
     assert sorted({x.prune.sparsity for x in cfgs}) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
     assert (c.train.lr, c.train.momentum, c.train.batch_size, c.train.epochs) == (1e-3, 0.5, 64, 25)
     assert c.model_kwargs == {"init": "torch"}  # the authors' nn.Linear default, not He (issue 16 1a)
     # the rest of the script's settings are the option defaults, so they are not stored
-    assert c.prune.options == {"fisher_samples": 4000, "cbs_selection": "blocks"}
+    assert c.prune.options == {"fisher_samples": 4000}  # selection on the full Fisher (auto)
     assert {x.prune.options.get("cbs_selection") for x in cfgs if x.prune.criterion != "cbs"} == {None}
     fisher, search = FisherOptions(), CBSOptions()
     assert (fisher.damping, fisher.block_size, fisher.full, search.passes, search.inits, search.selection) == (
