@@ -206,12 +206,16 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     rounds = max((int(_num(r.get(PREFIX + "rounds"))) for r in rows
                   if not math.isnan(_num(r.get(PREFIX + "rounds")))), default=0)
     epochs = next((r.get("finetune.epochs") for r in rows), "?")
-    setting = (f"LeNet-300-100 on MNIST, IMP (20% of the remaining prunable weights per round, output layer not "
+    openlth = any(str(r.get("prune.schedule_options.counting") or "") == "openlth" for r in rows)
+    counted = ("the remaining weights counted as OpenLTH does (the output layer too)" if openlth
+               else "the remaining prunable weights")
+    setting = (f"LeNet-300-100 on MNIST, IMP (20% of {counted} per round, output layer not "
                f"pruned, rewound to initialisation), {len(dense)} seed(s), {rounds or len(ratios)} round(s) to "
                f"{max(ratios, default=0):.4f}, {epochs} epoch(s) per round; dense accuracy "
                + (f"{100 * statistics.fmean(dense_vals):.2f}%" if dense_vals else "n/a")
                + f"; claims on per-seed summaries (low: ratio <= {LOW:g}, high: >= {HIGH:g}); alpha: prunelab's "
-               f"formula (prunelab.analysis.recall), not the paper's text; mode {mode}.")
+               f"formula (prunelab.analysis.recall), written from the paper's hypothesis: the authors' code has none; "
+               f"mode {mode}.")
     return Report("Recall distortion under IMP (Good et al. 2022)", setting, claims, table,
                   ["criterion", "sparsity", "n", "accuracy %", "alpha [95% CI]", "beta"])
 
