@@ -204,5 +204,7 @@ register(Reproduction(
     report=report,
     data="mnist",
     time={"quick": "~10 s CPU", "default": "~30 min CPU on 1 core (35 runs per seed, ~6 min per seed; 5 seeds took "
-          "32 min on a core shared with another sweep)", "full": "~10-20 min GPU (estimate, not measured: no GPU was available)"},
+          "32 min on a core shared with another sweep)",
+          "full": "~10-20 min GPU (estimate, not measured: no GPU was available); many CPU hours "
+          "(one full-Fisher WF run at N = 4,000 took ~9 min on a shared core)"},
 ))
