@@ -41,7 +41,8 @@ def test_torch_init_on_a_conv_bn_net_resets_biases_and_norms():
     fan_in = c.in_channels * c.kernel_size[0] * c.kernel_size[1]
     assert float(c.weight.detach().abs().max()) <= 1 / math.sqrt(fan_in) + 1e-7
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
 
 
 def test_torch_init_is_deterministic_per_seed():

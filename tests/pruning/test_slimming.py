@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from prunelab import models
-from prunelab.analysis import stages  # noqa: F401  (registers the ticket analysis)
 from prunelab.analysis.stages import RunInfo, run_analysis
 from prunelab.errors import PrunelabError
 from prunelab.models import vgg_width  # noqa: F401  (registers vgg_scaled)

@@ -34,12 +34,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from prunelab.analysis.affine import mlp_layers, widths
 from prunelab.analysis.effective import effective_report
 from prunelab.analysis.evaluate import EvalResult
 from prunelab.analysis.exact import compress, find_stable_neurons, parse_domain
 from prunelab.analysis.flatness import flatness
 from prunelab.analysis.recall import distortion
-from prunelab.analysis.affine import mlp_layers, widths
 from prunelab.analysis.regions import expected_bound, model_bound, regions_summary
 from prunelab.analysis.stability import stability_summary
 from prunelab.analysis.units import unit_report
@@ -204,7 +204,6 @@ def _recall(model, masks, data, options, run) -> Row:
         raise PrunelabError("analysis 'recall' needs the dense model's evaluation; use a schedule that trains dense")
     return distortion(run.dense.per_class_recall, run.dense.accuracy,
                       run.final.per_class_recall, run.final.accuracy).to_row()
-
 
 
 # --- The ``ticket`` analysis: the ticket a channel-pruning schedule drew, as columns of ``results.csv``

@@ -31,7 +31,6 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prunelab.analysis import stages as _stages  # noqa: F401  (registers the ticket analysis)
 from prunelab.experiments.reproductions.base import Claim, Report, Reproduction, register
 from prunelab.experiments.reproductions.common import fmt_mean_std, mean_ci, seeds_of
 from prunelab.models import vgg_width as _vgg_width  # noqa: F401  (registers vgg_scaled)

@@ -24,7 +24,6 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prunelab.analysis import stages as _stages  # noqa: F401  (registers regions_expected)
 from prunelab.experiments.reproductions.base import Claim, Report, Reproduction, register
 from prunelab.experiments.reproductions.common import fmt_mean_std, mean_ci, seeds_of
 from prunelab.pruning import lr_bound_hidden as _lr_bound_hidden  # noqa: F401  (registers the allocation)

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from prunelab.analysis import stages as _stages  # noqa: F401  (registers recall_rounds)
 from prunelab.experiments.reproductions.base import Claim, Report, Reproduction, register
 from prunelab.experiments.reproductions.common import mean_ci
 from prunelab.pruning import imp_rounds as _imp_rounds  # noqa: F401  (registers the imp_rounds schedule)
