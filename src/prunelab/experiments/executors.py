@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 from prunelab.errors import PrunelabError
 from prunelab.experiments.config import RunConfig
 from prunelab.experiments.runner import DENSE_SCHEDULES, DataCache, ensure_dense, run_one
+from prunelab.pruning.second_order import enable_shared_fisher, release_shared_fisher, shared_fisher
 from prunelab.registry import Registry
 
 Done = tuple[RunConfig, dict[str, Any], bool]
@@ -34,6 +35,20 @@ EXECUTORS: Registry[Executor] = Registry("executor")
 
 def needs_dense(cfg: RunConfig) -> bool:
     return cfg.prune.schedule in DENSE_SCHEDULES
+
+
+def by_dense_model(runs: Sequence[RunConfig]) -> list[RunConfig]:
+    """``runs`` reordered so that runs from one dense model follow one another (groups in order of
+    first appearance, runs in their order within a group; runs without a dense model stay where they
+    are relative to their group). A worker then meets the same dense model, masks and data several
+    times in a row, and the Fisher it kept (:func:`prunelab.pruning.second_order.shared_fisher`) is
+    reused instead of recomputed."""
+    first: dict[str, int] = {}
+    keys = []
+    for i, cfg in enumerate(runs):
+        h = cfg.dense_hash() if needs_dense(cfg) else f"#{i}"
+        keys.append(first.setdefault(h, i))
+    return [cfg for _, _, cfg in sorted(zip(keys, range(len(runs)), runs), key=lambda t: (t[0], t[1]))]
 
 
 def dense_groups(runs: Sequence[RunConfig]) -> dict[str, RunConfig]:
@@ -48,13 +63,18 @@ def dense_groups(runs: Sequence[RunConfig]) -> dict[str, RunConfig]:
 @EXECUTORS.register("local")
 def local(runs: Sequence[RunConfig], out_dir: Path, *, progress: bool = True, force: bool = False,
           on_start: Callable[[RunConfig], None] | None = None, **_: Any) -> Iterator[Done]:
-    """One run after another, in this process (dense models are computed by the first run needing them)."""
+    """One run after another, in this process (dense models are computed by the first run needing them);
+    runs from one dense model consecutively, sharing their Fisher (:func:`by_dense_model`)."""
     cache = DataCache()
-    for cfg in runs:
-        if on_start:
-            on_start(cfg)
-        row, did = run_one(cfg, out_dir, progress=progress, data_cache=cache, force=force)
-        yield cfg, row, did
+    try:
+        for cfg in by_dense_model(runs):
+            if on_start:
+                on_start(cfg)
+            with shared_fisher(keep=True):
+                row, did = run_one(cfg, out_dir, progress=progress, data_cache=cache, force=force)
+            yield cfg, row, did
+    finally:
+        release_shared_fisher()
 
 
 # --- local processes -------------------------------------------------------------------------------
@@ -63,6 +83,7 @@ def _worker_dense(cfg_json: dict, out_dir: str) -> str:
 
 
 def _worker_run(cfg_json: dict, out_dir: str, force: bool) -> tuple[dict, bool]:
+    enable_shared_fisher()  # a worker process runs one sweep's runs: keep the last Fisher between them
     return run_one(RunConfig.model_validate(cfg_json), out_dir, progress=False, force=force)
 
 
@@ -80,7 +101,7 @@ def processes(runs: Sequence[RunConfig], out_dir: Path, *, jobs: int = 2, force:
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         dense_futs = {h: pool.submit(_worker_dense, _cfg_json(c), str(out_dir)) for h, c in dense_groups(runs).items()}
         pending: dict[cf.Future, RunConfig] = {}
-        waiting = list(runs)
+        waiting = by_dense_model(runs)
 
         def submit_ready() -> None:
             for cfg in list(waiting):
@@ -143,7 +164,7 @@ def ray_tasks(runs: Sequence[RunConfig], out_dir: Path, *, address: Optional[str
             opts = {"num_cpus": cfg.resources.cpus, "num_gpus": cfg.resources.gpus}
             dense_refs[h] = dense_task.options(**opts).remote(_cfg_json(cfg), str(out_dir))
         refs = {}
-        for cfg in runs:
+        for cfg in by_dense_model(runs):
             opts = {"num_cpus": cfg.resources.cpus, "num_gpus": cfg.resources.gpus}
             dep = dense_refs.get(cfg.dense_hash()) if needs_dense(cfg) else None
             if on_start:

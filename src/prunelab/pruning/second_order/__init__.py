@@ -27,10 +27,13 @@ from prunelab.pruning.second_order.fisher import (
     LowRankInverse,
     block_inverse,
     build_fisher,
+    enable_shared_fisher,
     fisher_for,
     full_inverse,
     quadratic_loss,
     recursive_inverse,
+    release_shared_fisher,
+    shared_fisher,
 )
 from prunelab.pruning.second_order.gradients import gradient_matrix
 from prunelab.pruning.second_order.layout import Layout, make_layout
@@ -50,6 +53,7 @@ __all__ = [
     "cbs_delta",
     "cbs_delta_full",
     "cbs_select",
+    "enable_shared_fisher",
     "chunked_magnitude_selection",
     "fisher_for",
     "full_inverse",
@@ -60,6 +64,8 @@ __all__ = [
     "obs_delta",
     "quadratic_loss",
     "recursive_inverse",
+    "release_shared_fisher",
     "selection_blocks",
+    "shared_fisher",
     "woodfisher_saliency",
 ]

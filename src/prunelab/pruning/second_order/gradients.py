@@ -118,7 +118,7 @@ def gradient_matrix(
             for name, idx, start, width in zip(layout.names, kept, layout.offsets, widths):
                 rows = grads[name].reshape(hi - lo, -1)
                 out[lo:hi, start : start + width] = rows if idx is None else rows.index_select(1, idx)
-    if not torch.isfinite(out).all():
+    if not torch.isfinite(out.T).all():  # .T is the contiguous buffer: a linear scan
         raise PrunelabError("the per-sample gradients contain NaN or inf; the Fisher is undefined for this model/data")
     return out
 
@@ -155,7 +155,7 @@ def _adapter_gradient_matrix(
                 else:
                     flat = g.reshape(-1)
                     out[r, start : start + width] = flat if width == flat.numel() else flat.index_select(0, k.to(flat.device))
-    if not torch.isfinite(out).all():
+    if not torch.isfinite(out.T).all():  # .T is the contiguous buffer: a linear scan
         raise PrunelabError("the per-sample gradients contain NaN or inf; the Fisher is undefined for this model/data")
     return out
 
