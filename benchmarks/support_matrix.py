@@ -34,6 +34,7 @@ from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
 from prunelab.models import create
 from prunelab.models.adapters import adapter_for, logits_of
+from prunelab.models.tiny_hf import FF, HIDDEN, SEQ, VOCAB, tiny_hf_batch, tiny_hf_model
 from prunelab.pruning import CRITERIA
 from prunelab.pruning.compact import attention_modules, compact, head_masks, unit_masks
 from prunelab.pruning.sparse_export import sparse_layers, to_sparse
@@ -46,7 +47,6 @@ SPARSITY = 0.9
 N = 8  # samples per data batch
 
 # --- models ------------------------------------------------------------------------------------------
-SEQ, VOCAB, HIDDEN, FF = 8, 100, 32, 64  # the tiny configs of tests/pruning/test_transformers.py
 
 
 @dataclass
@@ -95,43 +95,6 @@ def _zoo(name: str, shape: tuple[int, ...], **kw: Any) -> Spec:
     return Spec(build, _images(shape), _fresh_images(shape), _zoo_units)
 
 
-def _hf_configs() -> dict[str, tuple[Any, Any]]:
-    import transformers as t
-
-    t.logging.set_verbosity_error()
-    return {
-        "bert": (t.BertForSequenceClassification, t.BertConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=FF,
-            max_position_embeddings=16, num_labels=3)),
-        "gpt2": (t.GPT2LMHeadModel, t.GPT2Config(
-            vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0)),
-        "llama": (t.LlamaForCausalLM, t.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FF, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=0)),
-        "t5": (t.T5ForConditionalGeneration, t.T5Config(
-            vocab_size=VOCAB, d_model=HIDDEN, d_kv=16, d_ff=FF, num_layers=2, num_heads=2, decoder_start_token_id=0,
-            pad_token_id=0, eos_token_id=1)),
-        "vit": (t.ViTForImageClassification, t.ViTConfig(
-            image_size=8, patch_size=4, num_channels=3, hidden_size=HIDDEN, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=FF, num_labels=3)),
-    }
-
-
-def _hf_data(name: str, n: int = N, seed: int = 1) -> Any:
-    g = torch.Generator().manual_seed(seed)
-    if name == "vit":
-        return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
-    ids = torch.randint(2, VOCAB, (n, SEQ), generator=g)
-    mask = torch.ones_like(ids)
-    mask[::3, SEQ - 2:] = 0  # every third sequence ends in two padding tokens
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if name == "bert":
-        batch["labels"] = torch.randint(0, 3, (n,), generator=g)
-    if name == "t5":
-        batch["labels"] = torch.randint(2, VOCAB, (n, 6), generator=g)
-    return batch
-
-
 def _hf_inputs(name: str, seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     if name == "vit":
@@ -168,12 +131,7 @@ def _hf_units(name: str) -> Callable[[nn.Module], Masks]:
 
 
 def _hf(name: str) -> Spec:
-    def build():
-        cls, config = _hf_configs()[name]
-        torch.manual_seed(0)
-        return cls(config)
-
-    return Spec(build, lambda: _hf_data(name), lambda seed: _hf_inputs(name, seed), _hf_units(name), kind="hf")
+    return Spec(lambda: tiny_hf_model(name, seed=0), lambda: tiny_hf_batch(name, n=N), lambda seed: _hf_inputs(name, seed), _hf_units(name), kind="hf")
 
 
 def _torchvision(name: str) -> Spec:

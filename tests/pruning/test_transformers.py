@@ -35,35 +35,16 @@ from prunelab.models.adapters import (  # noqa: E402
     is_conv1d,
     logits_of,
 )
+from prunelab.models.tiny_hf import FF, HIDDEN, SEQ, TINY_HF_MODELS, VOCAB, tiny_hf_batch, tiny_hf_model  # noqa: E402
 from prunelab.pruning import MaskEnforcer  # noqa: E402
 from prunelab.pruning.context import CRITERIA  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-SEQ, VOCAB, HIDDEN, FF, N = 8, 100, 32, 64, 16
+N = 16  # samples per data batch
 
 
-def _configs() -> dict:
-    t = transformers
-    return {
-        "bert": (t.BertForSequenceClassification, t.BertConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=FF,
-            max_position_embeddings=16, num_labels=3)),
-        "gpt2": (t.GPT2LMHeadModel, t.GPT2Config(
-            vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0)),
-        "llama": (t.LlamaForCausalLM, t.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FF, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=0)),
-        "t5": (t.T5ForConditionalGeneration, t.T5Config(
-            vocab_size=VOCAB, d_model=HIDDEN, d_kv=16, d_ff=FF, num_layers=2, num_heads=2, decoder_start_token_id=0,
-            pad_token_id=0, eos_token_id=1)),
-        "vit": (t.ViTForImageClassification, t.ViTConfig(
-            image_size=8, patch_size=4, num_channels=3, hidden_size=HIDDEN, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=FF, num_labels=3)),
-    }
-
-
-MODELS = ("bert", "gpt2", "llama", "t5", "vit")
+MODELS = TINY_HF_MODELS
 
 # The default prunable set, counted by hand from the configs: the Linear-like projections inside
 # the blocks (attention q/k/v/o and the MLP), nothing else.
@@ -85,25 +66,13 @@ NEVER_DEFAULT = ("embed", "wte", "wpe", "shared", "lm_head", "classifier", "pool
 @pytest.fixture(scope="module")
 def base_models() -> dict[str, nn.Module]:
     out = {}
-    for name, (cls, config) in _configs().items():
-        torch.manual_seed(0)
-        out[name] = cls(config)
+    for name in MODELS:
+        out[name] = tiny_hf_model(name, seed=0)
     return out
 
 
 def _data(name: str, n: int = N, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    if name == "vit":
-        return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
-    ids = torch.randint(2, VOCAB, (n, SEQ), generator=g)
-    mask = torch.ones_like(ids)
-    mask[::3, SEQ - 2:] = 0  # every third sequence ends in two padding tokens
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if name == "bert":
-        batch["labels"] = torch.randint(0, 3, (n,), generator=g)
-    if name == "t5":
-        batch["labels"] = torch.randint(2, VOCAB, (n, 6), generator=g)
-    return batch
+    return tiny_hf_batch(name, n=n, seed=seed)
 
 
 def _options(criterion: str) -> dict | None:
@@ -530,3 +499,10 @@ def test_prune_to_an_effective_sparsity_on_token_models(base_models, name):
     eff = model_effective_masks(model, masks, adapter_for(model).default_input_shape(model))
     assert eff.sparsity() >= 0.9 - 1e-9  # the target is met on the effective masks ...
     assert masks.sparsity() <= eff.sparsity() + 1e-12  # ... with at most that many weights pruned directly
+
+
+def test_tiny_hf_unknown_family_is_one_line_error():
+    from prunelab.models.tiny_hf import tiny_hf_model
+
+    msg = _one_line_error(lambda: tiny_hf_model("bart"))
+    assert "'bart'" in msg and "bert, gpt2, llama, t5, vit" in msg
