@@ -205,6 +205,7 @@ register(Reproduction(
     data="mnist",
     time={"quick": "~10 s CPU", "default": "~30 min CPU on 1 core (35 runs per seed, ~6 min per seed; 5 seeds took "
           "32 min on a core shared with another sweep)",
-          "full": "~10-20 min GPU (estimate, not measured: no GPU was available); many CPU hours "
-          "(one full-Fisher WF run at N = 4,000 took ~9 min on a shared core)"},
+          "full": "~10-20 min GPU (estimate, not measured: no GPU was available); CPU, measured: 58 min for "
+          "5 seeds with --executor processes --jobs 2 (2 cores; one N = 10,000 full Fisher per dense model "
+          "and worker, ~4-8 min on one core, reused by that model's other runs)"},
 ))
