@@ -131,7 +131,8 @@ def _hf_units(name: str) -> Callable[[nn.Module], Masks]:
 
 
 def _hf(name: str) -> Spec:
-    return Spec(lambda: tiny_hf_model(name, seed=0), lambda: tiny_hf_batch(name, n=N), lambda seed: _hf_inputs(name, seed), _hf_units(name), kind="hf")
+    return Spec(lambda: tiny_hf_model(name, seed=0), lambda: tiny_hf_batch(name, n=N),
+                lambda seed: _hf_inputs(name, seed), _hf_units(name), kind="hf")
 
 
 def _torchvision(name: str) -> Spec:

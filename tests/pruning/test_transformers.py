@@ -41,7 +41,6 @@ from prunelab.pruning.context import CRITERIA  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-N = 16  # samples per data batch
 
 
 MODELS = TINY_HF_MODELS
@@ -69,10 +68,6 @@ def base_models() -> dict[str, nn.Module]:
     for name in MODELS:
         out[name] = tiny_hf_model(name, seed=0)
     return out
-
-
-def _data(name: str, n: int = N, seed: int = 1):
-    return tiny_hf_batch(name, n=n, seed=seed)
 
 
 def _options(criterion: str) -> dict | None:
@@ -118,7 +113,7 @@ ERROR_CELLS: dict[str, str] = {}
 @pytest.mark.parametrize("criterion", CRITERIA_ALL)
 def test_every_criterion_global_at_0_9(base_models, name, criterion):
     model = copy.deepcopy(base_models[name])
-    call = lambda: prunelab.prune(model, 0.9, criterion, "global", data=_data(name), options=_options(criterion))  # noqa: E731
+    call = lambda: prunelab.prune(model, 0.9, criterion, "global", data=tiny_hf_batch(name), options=_options(criterion))  # noqa: E731
     if criterion in ERROR_CELLS:
         msg = _one_line_error(call)
         assert ERROR_CELLS[criterion] in msg and type(model).__name__ in msg
@@ -131,7 +126,7 @@ def test_every_criterion_global_at_0_9(base_models, name, criterion):
 @pytest.mark.parametrize("criterion", ("magnitude", "snip"))
 def test_every_allocation_at_0_5(base_models, name, allocation, criterion):
     model = copy.deepcopy(base_models[name])
-    masks = prunelab.prune(model, 0.5, criterion, allocation, data=_data(name))
+    masks = prunelab.prune(model, 0.5, criterion, allocation, data=tiny_hf_batch(name))
     _check_masks(model, masks, name, 0.5, exact=allocation == "global")
 
 
@@ -167,7 +162,7 @@ def test_tied_head_is_one_mask_counted_once(base_models):
     assert report.params == sum(unique.values()) < sum(p.numel() for _, p in gpt2.named_parameters(remove_duplicate=False))
     assert report.prunable == PRUNABLE["gpt2"] + VOCAB * HIDDEN
 
-    masks = prunelab.prune(gpt2, 0.5, "snip", masks=with_head, data=_data("gpt2"))
+    masks = prunelab.prune(gpt2, 0.5, "snip", masks=with_head, data=tiny_hf_batch("gpt2"))
     zeros = sum(int((~m).sum()) for m in masks.values())
     assert zeros == round(0.5 * masks.num_total())
     pruned = ~masks["transformer.wte.weight"]
@@ -178,7 +173,7 @@ def test_tied_head_is_one_mask_counted_once(base_models):
     t5 = copy.deepcopy(base_models["t5"])
     t5_masks = Masks.ones(t5, include=("lm_head",))
     assert list(t5_masks)[-1] == "shared.weight" and len(t5_masks) == N_LAYERS["t5"] + 1
-    masks = prunelab.prune(t5, 0.9, "snip", masks=t5_masks, data=_data("t5"))
+    masks = prunelab.prune(t5, 0.9, "snip", masks=t5_masks, data=tiny_hf_batch("t5"))
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * (PRUNABLE["t5"] + VOCAB * HIDDEN))
     assert torch.count_nonzero(t5.lm_head.weight.detach()[~masks["shared.weight"]]) == 0
 
@@ -187,7 +182,7 @@ def test_adapter_loss_is_the_models_own_loss(base_models):
     """The adapters' losses equal the ``loss`` transformers computes from labels (with padding -> -100)."""
     for name, model in base_models.items():
         adapter = adapter_for(model)
-        batch = adapter.check(model, adapter.batches(_data(name, n=6)))[0]
+        batch = adapter.check(model, adapter.batches(tiny_hf_batch(name, n=6)))[0]
         inputs, targets = batch
         model.eval()
         with torch.no_grad():
@@ -235,7 +230,7 @@ def test_masks_survive_adamw_with_weight_decay(base_models):
         include = ("lm_head",) if name == "gpt2" else None  # the tied head too
         masks = prunelab.prune(model, 0.5, "magnitude", masks=Masks.ones(model, include=include))
         adapter = adapter_for(model)
-        batch = adapter.check(model, adapter.batches(_data(name)))[0]
+        batch = adapter.check(model, adapter.batches(tiny_hf_batch(name)))[0]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
         state = type("State", (), {"model": model, "optimizer": opt})()
         enforcer = MaskEnforcer(masks)
@@ -257,7 +252,7 @@ def test_masks_survive_adamw_with_weight_decay(base_models):
 def test_masks_save_load_round_trip(base_models, tmp_path):
     for name, base in base_models.items():
         model = copy.deepcopy(base)
-        masks = prunelab.prune(model, 0.9, "random", data=_data(name))
+        masks = prunelab.prune(model, 0.9, "random", data=tiny_hf_batch(name))
         path = tmp_path / f"{name}.safetensors"
         masks.save(path)
         loaded = Masks.load(path)
@@ -315,10 +310,10 @@ def test_input_shape_from_model_then_first_batch_then_config(base_models):
         return {k: torch.rand(m.shape, generator=ctx.generator()) for k, m in masks.items()}
 
     gpt2 = copy.deepcopy(base_models["gpt2"])
-    prunelab.prune(gpt2, 0.5, record, data=_data("gpt2"))
+    prunelab.prune(gpt2, 0.5, record, data=tiny_hf_batch("gpt2"))
     prunelab.prune(gpt2, 0.6, record)
     gpt2.input_shape = (4,)
-    prunelab.prune(gpt2, 0.7, record, data=_data("gpt2"))
+    prunelab.prune(gpt2, 0.7, record, data=tiny_hf_batch("gpt2"))
     prunelab.prune(copy.deepcopy(base_models["vit"]), 0.5, record)
     assert seen == [(SEQ,), (16,), (4,), (3, 8, 8)]
 
@@ -352,14 +347,14 @@ def test_upa_in_train_mode_is_seeded_and_leaves_the_rng_alone(base_models):
     for _ in range(2):
         model = copy.deepcopy(base_models["bert"])  # dropout 0.1: train mode draws dropout masks
         state = torch.get_rng_state()
-        runs.append(prunelab.prune(model, 0.5, "upa", data=_data("bert"), seed=3))
+        runs.append(prunelab.prune(model, 0.5, "upa", data=tiny_hf_batch("bert"), seed=3))
         assert torch.equal(torch.get_rng_state(), state)
     assert runs[0] == runs[1]
 
 
 def test_cbs_update_after_woodfisher_works(base_models):
     model = copy.deepcopy(base_models["gpt2"])
-    masks = prunelab.prune(model, 0.5, "woodfisher", data=_data("gpt2"), update="cbs", options=_options("woodfisher"))
+    masks = prunelab.prune(model, 0.5, "woodfisher", data=tiny_hf_batch("gpt2"), update="cbs", options=_options("woodfisher"))
     _check_masks(model, masks, "gpt2", 0.5, exact=True)
 
 

@@ -43,12 +43,10 @@ def by_dense_model(runs: Sequence[RunConfig]) -> list[RunConfig]:
     are relative to their group). A worker then meets the same dense model, masks and data several
     times in a row, and the Fisher it kept (:func:`prunelab.pruning.second_order.shared_fisher`) is
     reused instead of recomputed."""
-    first: dict[str, int] = {}
-    keys = []
+    groups: dict[str, list[RunConfig]] = {}  # insertion order = order of first appearance
     for i, cfg in enumerate(runs):
-        h = cfg.dense_hash() if needs_dense(cfg) else f"#{i}"
-        keys.append(first.setdefault(h, i))
-    return [cfg for _, _, cfg in sorted(zip(keys, range(len(runs)), runs), key=lambda t: (t[0], t[1]))]
+        groups.setdefault(cfg.dense_hash() if needs_dense(cfg) else f"#{i}", []).append(cfg)
+    return [cfg for group in groups.values() for cfg in group]
 
 
 def dense_groups(runs: Sequence[RunConfig]) -> dict[str, RunConfig]:

@@ -32,7 +32,8 @@ def tiny_hf_configs() -> dict[str, tuple[type, Any]]:
     try:
         import transformers as t
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PrunelabError("the tiny Hugging Face models need the 'transformers' package: pip install transformers") from exc
+        raise PrunelabError("the tiny Hugging Face models need the 'transformers' package: "
+                            "pip install transformers") from exc
     t.logging.set_verbosity_error()
     return {
         "bert": (t.BertForSequenceClassification, t.BertConfig(

@@ -353,13 +353,19 @@ def build_fisher(
 _CACHE_ATTR = "_prunelab_second_order_fisher"
 
 
+def _digest_tensor(digest: Any, t: torch.Tensor) -> None:
+    t = t.detach()
+    digest.update(f"{t.dtype}{tuple(t.shape)}{t.device.type}".encode())
+    digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _fingerprint(model: nn.Module, masks: Mapping[str, torch.Tensor], ctx: Any, options: FisherOptions) -> tuple:
     """Identifies (weights, masks, data, options): parameters' in-place version counters and storage,
     a digest of the mask bits, the identity of the batch list, the seed."""
     digest = hashlib.blake2b(digest_size=16)
     for name, mask in masks.items():
         digest.update(name.encode())
-        digest.update(mask.detach().bool().cpu().numpy().tobytes())
+        _digest_tensor(digest, mask.bool())
     params = tuple((n, p._version, p.data_ptr()) for n, p in model.named_parameters())
     return (params, digest.hexdigest(), id(ctx.batches), ctx.seed, options)
 
@@ -370,12 +376,6 @@ class _Shared:
 
     enabled = False
     entry: tuple[tuple, FisherState] | None = None
-
-
-def _digest_tensor(digest: Any, t: torch.Tensor) -> None:
-    t = t.detach()
-    digest.update(f"{t.dtype}{tuple(t.shape)}{t.device.type}".encode())
-    digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _digest_tree(digest: Any, obj: Any) -> bool:
