@@ -10,18 +10,27 @@ from click.testing import CliRunner
 
 from prunelab.errors import PrunelabError
 from prunelab.experiments.reproductions import load
-from prunelab.experiments.reproductions.cbs import method_of, options_of, report
+from prunelab.experiments.reproductions.cbs import (
+    AUTHORS_SPARSITY,
+    MLPNET_WEIGHTS,
+    authors_kept,
+    method_of,
+    options_of,
+    report,
+)
 from prunelab.pruning.second_order import CBSOptions, FisherOptions
 from prunelab.report.tables import read_csv
 
 GRID = [("magnitude", None), ("woodfisher", "auto"), ("cbs", None), ("magnitude", "cbs"), ("cbs", "auto")]
 
 
-@pytest.mark.parametrize("mode, seeds, sparsities", [("quick", 1, 2), ("default", 5, 7), ("full", 5, 7)])
-def test_each_mode_loads_and_expands(mode, seeds, sparsities):
+@pytest.mark.parametrize("mode, seeds, sparsities, extra", [("quick", 1, 2, 0), ("default", 5, 7, 6), ("full", 5, 7, 6)])
+def test_each_mode_loads_and_expands(mode, seeds, sparsities, extra):
+    """5 methods x sparsities x seeds, plus (default, full) CBS-S and CBS at the 3 sparsities the
+    authors' code reaches (claim 6)."""
     cfgs = load("cbs", mode, {"data_root": "/nowhere"}).expand()
-    assert len(cfgs) == 5 * seeds * sparsities
-    assert len({c.seed for c in cfgs}) == seeds and len({c.prune.sparsity for c in cfgs}) == sparsities
+    assert len(cfgs) == (5 * sparsities + extra) * seeds
+    assert len({c.seed for c in cfgs}) == seeds and len({c.prune.sparsity for c in cfgs}) == sparsities + extra // 2
     assert {(c.prune.criterion, c.prune.update) for c in cfgs} == set(GRID)
     assert {method_of({"prune.criterion": c.prune.criterion, "prune.update": c.prune.update}) for c in cfgs} == {
         "MP", "WF", "CBS-S", "MP+CBS-U", "CBS"}
@@ -45,7 +54,9 @@ def test_each_mode_loads_and_expands(mode, seeds, sparsities):
 def test_default_is_the_authors_dense_recipe_with_full_fisher_selection():
     cfgs = load("cbs", "default").expand()
     c = next(c for c in cfgs if c.prune.criterion == "cbs")
-    assert sorted({x.prune.sparsity for x in cfgs}) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
+    nominal = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
+    assert sorted({x.prune.sparsity for x in cfgs}) == sorted(nominal + list(AUTHORS_SPARSITY.values()))
+    assert {x.prune.sparsity for x in cfgs if x.prune.criterion != "cbs"} == set(nominal)
     assert (c.train.lr, c.train.momentum, c.train.batch_size, c.train.epochs) == (1e-3, 0.5, 64, 25)
     assert c.model_kwargs == {"init": "torch"}  # the authors' nn.Linear default, not He (issue 16 1a)
     # the rest of the script's settings are the option defaults, so they are not stored
@@ -54,6 +65,82 @@ def test_default_is_the_authors_dense_recipe_with_full_fisher_selection():
     fisher, search = FisherOptions(), CBSOptions()
     assert (fisher.damping, fisher.block_size, fisher.full, search.passes, search.inits, search.selection) == (
         1e-3, 1000, False, 100, 5, "auto")
+
+
+@pytest.mark.parametrize("mode", ["default", "full"])
+def test_the_authors_count_runs_differ_from_the_nominal_cbs_runs_only_in_sparsity(mode):
+    cfgs = load("cbs", mode).expand()
+    by = {}
+    for c in cfgs:
+        if c.prune.criterion == "cbs" and c.seed == 0:
+            by[(c.prune.update, c.prune.sparsity)] = c.prune.options
+    for upd in (None, "auto"):
+        for nominal, achieved in AUTHORS_SPARSITY.items():
+            assert by[(upd, achieved)] == by[(upd, nominal)]
+            # the engine prunes round(sparsity * total) weights: exactly the authors' kept count
+            assert MLPNET_WEIGHTS - round(achieved * MLPNET_WEIGHTS) == authors_kept(MLPNET_WEIGHTS, nominal)
+
+
+def test_authors_kept_by_hand():
+    """MLPNet, d = 32,360: int(sqrt d) = 179 chunks (179^2 = 32,041 <= d < 180^2) of ceil(d / 179) = 181;
+    178 full chunks keep ceil(181 (1 - s)) each: 0.98 -> ceil(3.62) = 4 -> 712 > int(647.2) = 647, so
+    the last chunk keeps 0; 0.95 -> ceil(9.05) = 10 -> 1,780 (target 1,618); 0.9 -> 19 -> 3,382 (3,236).
+    d = 100 at 0.5: 10 chunks of 10, 9 x 5 = 45, the last keeps 50 - 45 = 5: exactly the target."""
+    assert [authors_kept(MLPNET_WEIGHTS, s) for s in (0.9, 0.95, 0.98)] == [3382, 1780, 712]
+    assert authors_kept(100, 0.5) == 50
+    assert authors_kept(7, 0.0) == 7  # 2 chunks of 4: 4 + min(3, 7 - 4) = 7
+    assert round(AUTHORS_SPARSITY[0.98], 4) == 0.978 and round(AUTHORS_SPARSITY[0.9], 4) == 0.8955
+    with pytest.raises(PrunelabError, match="sparsity in"):
+        authors_kept(100, 1.0)
+
+
+@pytest.mark.parametrize("d, sparsity", [(32360, 0.98), (32360, 0.9), (1000, 0.7), (5000, 0.95), (50, 0.3)])
+def test_authors_kept_matches_a_literal_transcription_of_their_code(d, sparsity):
+    """Their constructive_greedy_prune_one_iter, transcribed (np shuffle, topk per chunk, >= threshold)."""
+    np = pytest.importorskip("numpy")
+    import torch
+
+    w = torch.randn(d, generator=torch.Generator().manual_seed(d)).double()
+    n_chunk = max(1, min(int(math.sqrt(d)), 1000))
+    chunk = math.ceil(d / n_chunk)
+    n_keep, k = int(d * (1 - sparsity)), math.ceil(chunk * (1 - sparsity))
+    rng = np.random.RandomState(3)
+    shf = np.arange(d)
+    rng.shuffle(shf)
+    shf = torch.tensor(shf)
+    kept = []
+    for i in range(n_chunk):
+        if i < n_chunk - 1:
+            b, e = chunk * i, chunk * (i + 1)
+        else:
+            b, e = chunk * i, d
+            k = max(0, n_keep - len(torch.cat(kept)))
+        part = w[shf[b:e]].abs()
+        tops = torch.topk(part, k, sorted=True).values
+        if len(tops) > 0:
+            kept.append(shf[(part >= tops[-1]).nonzero().reshape(-1) + b])
+    assert len(torch.cat(kept)) == authors_kept(d, sparsity)
+
+
+def test_report_compares_the_authors_count_runs_with_the_published_cells():
+    """CBS-S at 0.978 (the authors' 0.98): 66.0, 66.6, 67.2 (mean 66.6, sd 0.6) vs 66.64: within;
+    CBS at 0.978: 50, 51, 52 (mean 51, sd 1) vs 55.45: -4.45, outside. The nominal claims ignore them."""
+    at = AUTHORS_SPARSITY[0.98]
+    rows = [_row("CBS-S", at, k, a) for k, a in enumerate([0.660, 0.666, 0.672])]
+    rows += [_row("CBS", at, k, a) for k, a in enumerate([0.50, 0.51, 0.52])]
+    rows += [_row("CBS-S", 0.98, k, a) for k, a in enumerate([0.60, 0.61, 0.62])]
+    rep = report(rows, "default")
+    claims = {c.claim.split(" (")[0]: c for c in rep.claims}
+    ours = claims["CBS-S and CBS cells within one seed sd at the sparsity the authors' code reaches"]
+    assert ours.verdict == "not reproduced"
+    assert ours.ours == "1 of 2 cells within one sd; outside (ours - paper): CBS 0.98: -4.45 (sd 1.00)"
+    assert "0.98 -> 0.9780" in ours.claim
+    nominal = claims["every published cell within one seed sd"]
+    assert nominal.ours == "0 of 1 cells within one sd; outside (ours - paper): CBS-S 0.98: -5.64 (sd 1.00)"
+    table = {(r["sparsity"], r["method"]): r for r in rep.rows}
+    row = table[("0.978", "CBS-S (authors' count)")]
+    assert (row["ours %"], row["paper %"], row["n"]) == ("66.60 ± 0.60", "66.64 (their 0.98)", 3)
+    assert table[("0.98", "CBS-S")]["paper %"] == "66.64"
 
 
 def _row(method: str, sparsity: float, seed: int, acc: float) -> dict:

@@ -233,7 +233,7 @@ def chunked_magnitude_selection(weights: torch.Tensor, n_prune: int, generator: 
     return pruned
 
 
-def _one_pass(problem: SelectionProblem, pruned: torch.Tensor, opts: CBSOptions) -> int:
+def swap_pass(problem: SelectionProblem, pruned: torch.Tensor, opts: CBSOptions) -> int:
     """One swap pass of Algorithm 1, in place on ``pruned``; returns the number of swaps made."""
     z = problem.residuals(pruned)
     fw = problem.f_times_wp_all(z)
@@ -303,7 +303,7 @@ def cbs_select(
     current = best.clone()
     for _ in range(opts.passes):
         t0 = time.perf_counter()
-        swaps = _one_pass(problem, current, opts)
+        swaps = swap_pass(problem, current, opts)
         result.pass_seconds.append(time.perf_counter() - t0)
         result.pass_swaps.append(swaps)
         if swaps == 0:
