@@ -88,6 +88,9 @@ def test_authors_kept_by_hand():
     d = 100 at 0.5: 10 chunks of 10, 9 x 5 = 45, the last keeps 50 - 45 = 5: exactly the target."""
     assert [authors_kept(MLPNET_WEIGHTS, s) for s in (0.9, 0.95, 0.98)] == [3382, 1780, 712]
     assert authors_kept(100, 0.5) == 50
+    # below 0.9 the overshoot is small (the report's "at most 1.8%"): 0.8 keeps 178 x 37 = 6,586 for 6,471
+    assert max(authors_kept(MLPNET_WEIGHTS, s) / int(MLPNET_WEIGHTS * (1 - s)) for s in (0.5, 0.6, 0.7, 0.8)) < 1.018
+    assert authors_kept(MLPNET_WEIGHTS, 0.8) == 6586
     assert authors_kept(7, 0.0) == 7  # 2 chunks of 4: 4 + min(3, 7 - 4) = 7
     assert round(AUTHORS_SPARSITY[0.98], 4) == 0.978 and round(AUTHORS_SPARSITY[0.9], 4) == 0.8955
     with pytest.raises(PrunelabError, match="sparsity in"):
