@@ -36,14 +36,13 @@ import math
 import statistics
 import time
 
-import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
 from prunelab import models
 from prunelab.data.dataset import load
 from prunelab.errors import PrunelabError
-from prunelab.experiments.reproductions.cbs import authors_kept
+from prunelab.experiments.reproductions.cbs import authors_kept, authors_perturbed
 from prunelab.pruning.second_order.cbs import (
     CBSOptions,
     SelectionProblem,
@@ -108,31 +107,6 @@ class Net:
             g = vmap(grad(one), in_dims=(None, 0, 0))(params, x[c:c + 1000], y[c:c + 1000])
             rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in self.names], 1))
         return torch.cat(rows)
-
-
-def authors_perturbed(w: torch.Tensor, sparsity: float, itr: int) -> torch.Tensor:
-    """(d,) bool pruned set of ``constructive_greedy_prune_one_iter(itr)``, transcribed."""
-    d = w.numel()
-    n_chunk = max(1, min(int(math.sqrt(d)), 1000))
-    chunk = math.ceil(d / n_chunk)
-    n_keep, k = int(d * (1 - sparsity)), math.ceil(chunk * (1 - sparsity))
-    shf = np.arange(d)
-    np.random.RandomState(itr).shuffle(shf)  # their temp_seed(itr) + np.random.shuffle
-    shf = torch.tensor(shf)
-    kept: list[torch.Tensor] = []
-    for i in range(n_chunk):
-        if i < n_chunk - 1:
-            b, e = chunk * i, chunk * (i + 1)
-        else:
-            b, e = chunk * i, d
-            k = max(0, n_keep - sum(len(t) for t in kept))
-        part = w[shf[b:e]].abs()
-        tops = torch.topk(part, k, sorted=True).values
-        if len(tops) > 0:
-            kept.append(shf[(part >= tops[-1]).nonzero().reshape(-1) + b])
-    pruned = torch.ones(d, dtype=torch.bool)
-    pruned[torch.cat(kept)] = False
-    return pruned
 
 
 def authors_magnitude(w: torch.Tensor, sparsity: float) -> torch.Tensor:

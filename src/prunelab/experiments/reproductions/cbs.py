@@ -43,6 +43,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+
 from prunelab.errors import PrunelabError
 from prunelab.experiments.reproductions.base import Claim, Report, Reproduction, register
 from prunelab.experiments.reproductions.common import mean_ci, seeds_of
@@ -78,6 +81,33 @@ def authors_kept(d: int, sparsity: float) -> int:
         k = math.ceil(c * (1 - sparsity)) if i < n - 1 else max(0, target - kept)
         kept += min(k, max(size, 0))
     return kept
+
+
+def authors_perturbed(w: torch.Tensor, sparsity: float, itr: int) -> torch.Tensor:
+    """(d,) bool: the pruned set of the authors' ``constructive_greedy_prune_one_iter(itr)``, transcribed
+    (numpy shuffle seeded by ``itr``, top-k per chunk kept with ``>=`` the k-th value); it keeps
+    :func:`authors_kept` weights when no magnitudes tie."""
+    d = w.numel()
+    n_chunk = max(1, min(int(math.sqrt(d)), 1000))
+    chunk = math.ceil(d / n_chunk)
+    n_keep, k = int(d * (1 - sparsity)), math.ceil(chunk * (1 - sparsity))
+    shf = np.arange(d)
+    np.random.RandomState(itr).shuffle(shf)  # their temp_seed(itr) + np.random.shuffle
+    shf = torch.tensor(shf)
+    kept: list[torch.Tensor] = []
+    for i in range(n_chunk):
+        if i < n_chunk - 1:
+            b, e = chunk * i, chunk * (i + 1)
+        else:
+            b, e = chunk * i, d
+            k = max(0, n_keep - sum(len(t) for t in kept))
+        part = w[shf[b:e]].abs()
+        tops = torch.topk(part, k, sorted=True).values
+        if len(tops) > 0:
+            kept.append(shf[(part >= tops[-1]).nonzero().reshape(-1) + b])
+    pruned = torch.ones(d, dtype=torch.bool)
+    pruned[torch.cat(kept)] = False
+    return pruned
 
 
 #: nominal sparsity -> the sparsity the authors' CBS-S/CBS reach on MLPNet (claim 6): 0.9 -> 0.89549,
