@@ -5,6 +5,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -18,6 +19,11 @@ from prunelab.experiments.reproductions.cbs import (
     method_of,
     options_of,
     report,
+)
+from prunelab.experiments.reproductions.common import (
+    holm_rejected,
+    outside_one_sd_probability,
+    published_mean_p,
 )
 from prunelab.pruning.second_order import CBSOptions, FisherOptions
 from prunelab.report.tables import read_csv
@@ -171,6 +177,8 @@ def test_report_on_hand_made_rows():
         # MP: 80.00 at 0.9 and 93.00 at 0.5, sd 0, vs the paper's 90.30 and 93.93
         "our dense model reproduces the MP column (within one seed sd)": "not reproduced",
         "every published cell within one seed sd": "not reproduced",
+        # MP 0.9 is 80.00 with sd 0 against 90.30: p = 0, rejected under any correction
+        "no published cell differs from ours beyond seed noise": "not reproduced",
     }
     assert rep.claims[4].ours == ("0 of 2 cells within one sd; outside (ours - paper): MP 0.5: -0.93 (sd 0.00); "
                                   "MP 0.9: -10.30 (sd 0.00)")
@@ -242,3 +250,101 @@ def test_quick_end_to_end_through_the_cli(tmp_path, shared_data: Path):
     # < 30 s of this process' CPU time (about 10 s on one core); the wall clock only loosely, as the
     # cores of a shared machine may be busy
     assert cpu < 30 and elapsed < 90, f"quick mode took {cpu:.1f} s CPU, {elapsed:.1f} s wall"
+
+
+def test_outside_one_sd_chance_against_the_closed_form_t4():
+    """5 seeds vs 5 published runs: |gap| / (sd sqrt(2/5)) is t_4, so the chance is P(|t_4| > sqrt(5/2));
+    the t_4 CDF in closed form is 1/2 + (3/4)(x - x^3/3) with x = t / sqrt(4 + t^2)."""
+    t = math.sqrt(2.5)
+    x = t / math.sqrt(4 + t * t)
+    closed = 2 * (1 - (0.5 + 0.75 * (x - x ** 3 / 3)))
+    assert outside_one_sd_probability(5, 5) == pytest.approx(closed, abs=1e-12)
+    assert closed == pytest.approx(0.1890, abs=1e-4)
+    # a simulation of the event itself (one normal distribution for both tables)
+    gen = np.random.default_rng(0)
+    ours, theirs = gen.standard_normal((200_000, 5)), gen.standard_normal((200_000, 5)).mean(axis=1)
+    miss = np.abs(ours.mean(axis=1) - theirs) > ours.std(axis=1, ddof=1)
+    assert miss.mean() == pytest.approx(closed, abs=0.005)
+    assert math.isnan(outside_one_sd_probability(1, 5))
+
+
+def test_published_mean_p_by_hand():
+    """93.0, 93.1, 92.9 (mean 93.0, sd 0.1) vs 93.14 from 5 runs: t = -0.14 / (0.1 sqrt(1/3 + 1/5))
+    = -1.917 on 2 degrees of freedom, whose two-sided p is 1 - |t| / sqrt(2 + t^2) = 0.1953."""
+    t = 0.14 / (0.1 * math.sqrt(1 / 3 + 1 / 5))
+    assert published_mean_p([93.0, 93.1, 92.9], 93.14, 5) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert published_mean_p([93.0, 93.1, 92.9], 93.14, 5) == pytest.approx(0.1953, abs=1e-4)
+    assert published_mean_p([90.0, 90.0], 90.0, 5) == 1.0 and published_mean_p([90.0, 90.0], 90.3, 5) == 0.0
+    assert math.isnan(published_mean_p([90.0], 90.0, 5))
+
+
+def test_holm_steps_down_and_stops_at_the_first_kept_hypothesis():
+    # 0.01 <= 0.05/3, 0.02 <= 0.05/2, 0.04 <= 0.05/1: all rejected
+    assert holm_rejected({"a": 0.01, "b": 0.02, "c": 0.04}) == {"a", "b", "c"}
+    # 0.03 > 0.05/2 stops the procedure: c (0.04 <= 0.05) is not rejected although Bonferroni-free it would be
+    assert holm_rejected({"a": 0.01, "b": 0.03, "c": 0.04}) == {"a"}
+    assert holm_rejected({"a": 0.2}) == set() and holm_rejected({}) == set()
+
+
+def test_noise_claim_by_hand():
+    """MP at 0.9: 90.0, 90.5, 91.0 vs 90.30: t = 0.2 / (0.5 sqrt(1/3 + 1/5)) = 0.548, p = 0.639;
+    at 0.95: 83.0, 83.2, 83.4 vs 83.64: t = -3.01, p = 0.0948. Holm over 2 cells keeps both
+    (0.0948 > 0.025): reproduced, although 0.95 is outside one sd. At 0.95 80.0, 80.1, 79.9
+    (-3.64, sd 0.1: t = -49.8, p = 0.0004 <= 0.025) it is rejected."""
+    rows = [_row("MP", 0.9, k, a) for k, a in enumerate([0.900, 0.905, 0.910])]
+    near = rows + [_row("MP", 0.95, k, a) for k, a in enumerate([0.830, 0.832, 0.834])]
+    claims = {c.claim: c for c in report(near, "default").claims}
+    within, noise = claims["every published cell within one seed sd"], claims[
+        "no published cell differs from ours beyond seed noise"]
+    assert within.verdict == "not reproduced" and noise.verdict == "reproduced"
+    assert noise.ours == "none of 2 cells differs (Holm, 0.05); smallest p: MP 0.95: -0.44 (p = 0.0948); " \
+                         "MP 0.9: +0.20 (p = 0.639)"
+    # the expectation beside the count: 3 seeds vs 5 runs, P(|t_2| > 1/sqrt(1/3 + 1/5) = 1.369) = 0.304
+    t = 1 / math.sqrt(1 / 3 + 1 / 5)
+    assert f"chance {1 - t / math.sqrt(2 + t * t):.2f} (3 seeds vs 5 runs)" in within.paper
+    assert "0.6 of 2 expected" in within.paper
+    far = rows + [_row("MP", 0.95, k, a) for k, a in enumerate([0.800, 0.801, 0.799])]
+    noise = next(c for c in report(far, "default").claims if c.claim.startswith("no published cell differs"))
+    assert noise.verdict == "not reproduced"
+    assert noise.ours == "1 of 2 cells differ (Holm, 0.05): MP 0.95: -3.64 (p = 0.000402)"
+    one_seed = next(c for c in report(rows[:1], "default").claims if c.claim.startswith("no published cell"))
+    assert one_seed.verdict == "inconclusive"
+
+
+def test_report_only_rebuilds_the_report_from_results_csv_without_running(tmp_path):
+    """The hand rows of test_report_on_hand_made_rows written as a results.csv: --report-only writes the
+    report those rows give (the same claims, verdicts and cells) and computes no run."""
+    import csv
+    import json
+
+    from prunelab.cli import main
+
+    rows = hand_rows()
+    cols = sorted({k for r in rows for k in r})
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(main, ["reproduce", "cbs", "--report-only", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "report.json").read_text())
+    expected = report(read_csv(tmp_path / "results.csv"), "default")
+    assert [c["verdict"] for c in saved["claims"]] == [c.verdict for c in expected.claims]
+    assert saved["claims"][0]["claim"] == "WoodFisher beats magnitude pruning" and saved["mode"] == "default"
+    assert "| WoodFisher beats magnitude pruning |" in (tmp_path / "report.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md", "results.csv"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--out", "{missing}"], "no results.csv in"),
+    ([], "--report-only needs --out"),
+    (["--out", "{tmp}", "--seeds", "0,1"], "--seeds would be ignored"),
+    (["--out", "{tmp}", "--executor", "ray", "--jobs", "3"], "--executor, --jobs would be ignored"),
+])
+def test_report_only_bad_input_is_one_line(tmp_path, args, says):
+    from prunelab.cli import main
+
+    args = [a.format(missing=tmp_path / "nothing", tmp=tmp_path) for a in args]
+    res = CliRunner().invoke(main, ["reproduce", "cbs", "--report-only", *args])
+    assert res.exit_code == 2 and says in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -56,7 +56,9 @@ def _print_report(report) -> None:
 @click.option("--jobs", default=1, type=int, help="local worker processes (--executor processes)")
 @click.option("--address", default=None, help="Ray cluster address (--executor ray) [default: start a local one]")
 @click.option("--quiet", is_flag=True, help="no progress display")
-def command(name, list_, mode, out, data_root, device, seeds, executor, jobs, address, quiet) -> None:
+@click.option("--report-only", is_flag=True,
+              help="rebuild report.md / report.json from OUT/results.csv without running anything")
+def command(name, list_, mode, out, data_root, device, seeds, executor, jobs, address, quiet, report_only) -> None:
     """Re-run reproduction NAME (see --list) on the experiment engine: its sweep, then the table of
     the paper's numbers beside ours, with a verdict per claim (report.md in the output folder)."""
     if list_:
@@ -64,9 +66,23 @@ def command(name, list_, mode, out, data_root, device, seeds, executor, jobs, ad
         return
     if not name:
         raise PrunelabError("give a reproduction NAME, or --list to see them")
-    from prunelab.experiments.reproductions import run
+    from prunelab.experiments.reproductions import report_from_folder, run
 
     mode = mode or "default"
+    if report_only:
+        given = {"--data-root": data_root, "--device": device, "--seeds": seeds,
+                 "--executor": None if executor == "local" else executor, "--jobs": None if jobs == 1 else jobs,
+                 "--address": address}
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise PrunelabError(f"--report-only runs nothing, so {', '.join(extra)} would be ignored: drop "
+                                f"{'it' if len(extra) == 1 else 'them'}")
+        if out is None:
+            raise PrunelabError("--report-only needs --out, the folder of a finished run")
+        report = report_from_folder(name, out, mode, write=True)
+        _print_report(report)
+        console.print(f"report rebuilt from {out}/results.csv: {out}/report.md", highlight=False)
+        return
     if executor == "processes" and jobs < 2:
         jobs = 2
     overrides = {"data_root": data_root, "device": device}

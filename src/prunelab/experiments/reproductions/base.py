@@ -135,13 +135,28 @@ def run(name: str, mode: str = "default", out: str | Path | None = None, *, over
     out = Path(out) if out is not None else Path("reproductions") / f"{rep.name}-{mode}"
     result = run_sweep(sweep, out, **sweep_options)
     report = rep.report(result.rows, mode)
-    atomic_write_text(out / "report.md", report.markdown())
-    atomic_write_json(out / "report.json", {"name": rep.name, "mode": mode, "title": report.title,
-                                           "setting": report.setting,
-                                           "claims": [c.__dict__ for c in report.claims], "rows": report.rows})
+    write_report(rep.name, mode, report, out)
     return result, report
 
 
-def report_from_folder(name: str, folder: str | Path, mode: str = "default") -> Report:
-    """Rebuild a reproduction's report from a finished folder's ``results.csv``."""
-    return REPRODUCTIONS.get(name).report(read_csv(Path(folder) / "results.csv"), mode)
+def write_report(name: str, mode: str, report: Report, folder: str | Path) -> None:
+    """``report.md`` and ``report.json`` of a reproduction, written atomically into ``folder``."""
+    folder = Path(folder)
+    atomic_write_text(folder / "report.md", report.markdown())
+    atomic_write_json(folder / "report.json", {"name": name, "mode": mode, "title": report.title,
+                                              "setting": report.setting,
+                                              "claims": [c.__dict__ for c in report.claims], "rows": report.rows})
+
+
+def report_from_folder(name: str, folder: str | Path, mode: str = "default", *, write: bool = False) -> Report:
+    """Rebuild a reproduction's report from a finished folder's ``results.csv`` (no run is computed);
+    ``write=True`` also rewrites the folder's ``report.md`` / ``report.json``."""
+    rep = REPRODUCTIONS.get(name)
+    csv = Path(folder) / "results.csv"
+    if not csv.is_file():
+        raise PrunelabError(f"no results.csv in {str(folder)!r}: give the --out folder of a finished "
+                            f"`prunelab reproduce {rep.name}` run")
+    report = rep.report(read_csv(csv), mode)
+    if write:
+        write_report(rep.name, mode, report, folder)
+    return report
