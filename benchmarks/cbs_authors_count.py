@@ -32,12 +32,12 @@ A perturbed start won in all 15 authors-variant runs, so their selections keep t
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
+from torch.nn.functional import cross_entropy
 
 from prunelab import models
 from prunelab.data.dataset import load
@@ -50,8 +50,11 @@ from prunelab.pruning.second_order.cbs import (
     cbs_select,
     chunked_magnitude_selection,
     magnitude_selection,
+    network_loss,
     swap_pass,
 )
+from prunelab.pruning.second_order.gradients import gradient_matrix
+from prunelab.pruning.second_order.layout import make_layout
 
 
 def load_dense(path: str) -> torch.nn.Module:
@@ -68,45 +71,34 @@ def load_dense(path: str) -> torch.nn.Module:
 
 
 class Net:
-    """One dense MLPNet as a flat float64 weight vector, with loss/accuracy of a pruned set."""
+    """One dense MLPNet in the library's own coordinates: the flat float64 vector of its weights
+    (``make_layout(..., full=True)`` / ``Layout.pack``), the per-sample gradients of CBS-S
+    (``gradient_matrix``), the loss of a pruned set (``cbs.network_loss``) and the test accuracy of a
+    weight vector (``Layout.unpack``)."""
 
     def __init__(self, model: torch.nn.Module, data) -> None:
         self.m, self.data = model, data
-        self.names = [n for n, _ in model.named_parameters()]
-        self.shapes = [p.shape for p in model.parameters()]
-        self.w = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
-
-    def unpack(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, s = {}, 0
-        for n, sh in zip(self.names, self.shapes):
-            k = math.prod(sh)
-            out[n] = vec[s:s + k].reshape(sh).float()
-            s += k
-        return out
+        self.masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()
+                      if n.endswith("weight")}
+        self.layout = make_layout(model, self.masks, full=True)
+        self.w = self.layout.pack(dict(model.named_parameters())).double()
+        self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.masks}
 
     def zeroed(self, pruned: torch.Tensor) -> torch.Tensor:
         return torch.where(pruned, torch.zeros((), dtype=torch.float64), self.w)
 
-    def loss(self, vec: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(functional_call(self.m, self.unpack(vec), (x,)), y))
+    def loss_on(self, x: torch.Tensor, y: torch.Tensor):
+        """``pruned -> mean cross-entropy on (x, y)`` with the pruned weights zeroed, no update."""
+        return network_loss(self.m, self.layout, self.w, [(x, y)], cross_entropy)
 
     def accuracy(self, vec: torch.Tensor) -> float:
+        tensors = {n: t.float() for n, t in self.layout.unpack(vec).items()}
         with torch.no_grad():
-            out = functional_call(self.m, self.unpack(vec), (self.data.x_test,))
+            out = functional_call(self.m, {**self.fixed, **tensors}, (self.data.x_test,))
         return 100.0 * float((out.argmax(1) == self.data.y_test).float().mean())
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        params = {n: p.detach() for n, p in self.m.named_parameters()}
-
-        def one(p, xi, yi):
-            return torch.nn.functional.cross_entropy(functional_call(self.m, p, (xi[None],)), yi[None])
-
-        rows = []
-        for c in range(0, x.shape[0], 1000):
-            g = vmap(grad(one), in_dims=(None, 0, 0))(params, x[c:c + 1000], y[c:c + 1000])
-            rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in self.names], 1))
-        return torch.cat(rows)
+        return gradient_matrix(self.m, self.layout, self.masks, x, y, cross_entropy)
 
 
 def authors_magnitude(w: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -156,14 +148,7 @@ def main() -> None:
         G = net.grads(x, y)
         problem = SelectionProblem(w, G, ((0, d),))
 
-        def on_sample(p, x=x, y=y):
-            return net.loss(net.zeroed(p), x, y)
-
-        def on_5k(p, x=x, y=y):
-            return net.loss(net.zeroed(p), x[:5000], y[:5000])
-
-        def on_train(p):
-            return net.loss(net.zeroed(p), xtr, ytr)
+        on_sample, on_5k, on_train = net.loss_on(x, y), net.loss_on(x[:5000], y[:5000]), net.loss_on(xtr, ytr)
 
         for sp in args.sparsities:
             n_prune = round(sp * d)
