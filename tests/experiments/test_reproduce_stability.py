@@ -110,6 +110,47 @@ def test_no_pruning_runs_are_labelled_and_kept_out_of_the_correlation():
     assert rep.claims[0].verdict == "reproduced" and "over 12 runs" in rep.claims[0].ours
 
 
+def test_fig2_scatter_draws_every_pruned_run_and_the_correlation_it_tests(tmp_path, monkeypatch):
+    """The figure of _rows() plus 4 unpruned runs: 12 points in 3 groups, ordered by rate (the unpruned
+    runs are not drawn), accuracy in %, and in the title the correlation claim's r and Fisher-z interval
+    over the Prune_S / Prune_L runs (all 12 here)."""
+    from prunelab.experiments.reproductions import stability
+
+    drawn = {}
+    real = stability.scatter_figure
+
+    def spy(groups, **kw):
+        drawn.update(groups=groups, **kw)
+        return real(groups, **kw)
+
+    monkeypatch.setattr(stability, "scatter_figure", spy)
+    rows = _rows() + [{**_row("smallest", 1, s, 100.0, 0.9), "prune.schedule_options.layers": ""} for s in range(4)]
+    (path,) = stability.figures(rows, "default", tmp_path)
+    assert path == tmp_path / "stability_vs_accuracy.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(drawn["groups"]) == [S1, L13, S13]
+    assert drawn["groups"][S1] == ([99.0] * 4, pytest.approx([60.0, 61.0, 60.0, 61.0]))
+    st = [r["stability.mean_stability"] for r in _rows()]
+    r = float(np.corrcoef(st, [r["stability.best_test_acc"] for r in _rows()])[0, 1])
+    lo, hi = correlation_ci(r, 12)
+    assert f"Pearson r = {r:.2f} [{lo:.2f}, {hi:.2f}] over the 12 Prune_S / Prune_L runs" in drawn["title"]
+    assert stability.figures(rows[-4:], "default", tmp_path / "none") == []  # only unpruned runs: no figure
+
+
+def test_report_only_rebuilds_the_figure(tmp_path):
+    import csv
+
+    from prunelab.cli import main
+
+    rows = _rows()
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, sorted(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(main, ["reproduce", "stability", "--report-only", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "stability_vs_accuracy.png").is_file() and (tmp_path / "report.md").is_file()
+
+
 def test_quick_runs_end_to_end_through_the_cli(cifar_root, tmp_path):
     from prunelab.cli import main
 
@@ -122,3 +163,4 @@ def test_quick_runs_end_to_end_through_the_cli(cifar_root, tmp_path):
     assert {c.verdict for c in rep.claims} == {"smoke run"}
     assert sorted(r["method"] for r in rep.rows) == ["Prune_L 30%", "Prune_S 30%"]
     assert all(r["events"] == "1.0" for r in rep.rows)
+    assert (out / "stability_vs_accuracy.png").is_file()

@@ -225,3 +225,27 @@ def test_recorded_stage_seeds_are_repetitions_not_methods(tmp_path):
         r["train.seed"], r["finetune.seed"] = r["seed"], int(r["seed"]) + 1
     (series,), by, _, _ = aggregate(rows)
     assert by == [] and series.n == [3] * 5
+
+
+def test_scatter_figure_points_groups_and_least_squares_line():
+    """Points (0, 1), (1, 3) in one group and (2, 5) plus a NaN point in another: the line through
+    all three finite points is y = 2x + 1; the NaN is dropped from the drawing and from the count."""
+    from prunelab.report.plots import scatter_figure
+
+    fig = scatter_figure({"a": ([0, 1], [1, 3]), "b": ([2, float("nan")], [5, 4])}, xlabel="x", ylabel="y",
+                         title="t")
+    ax = fig.axes[0]
+    offsets = [c.get_offsets().tolist() for c in ax.collections]
+    assert offsets == [[[0.0, 1.0], [1.0, 3.0]], [[2.0, 5.0]]]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["a (n=2)", "b (n=1)", "least squares (slope +2)"]
+    (line,) = ax.lines
+    xs, ys = line.get_data()
+    assert np.allclose(ys, 2 * np.asarray(xs) + 1) and (xs[0], xs[-1]) == (0.0, 2.0)
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("x", "y", "t")
+    plt.close(fig)
+    one = scatter_figure({"a": ([1.0], [1.0])}, xlabel="x", ylabel="y")  # one point: no line to fit
+    assert len(one.axes[0].lines) == 0
+    plt.close(one)
+    with pytest.raises(PrunelabError, match="no group has a point with finite x and y"):
+        scatter_figure({"a": ([float("nan")], [1.0])}, xlabel="x", ylabel="y")

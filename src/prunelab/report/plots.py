@@ -277,3 +277,36 @@ def plot_accuracy_vs_compression(csv_path: str | Path, out_path: str | Path,
 def accuracy_vs_compression(csv_path: str | Path, out_path: str | Path, title: str | None = None) -> Path:
     """Save the accuracy-vs-compression plot of ``csv_path`` to ``out_path``; return the path."""
     return plot_accuracy_vs_compression(csv_path, out_path, title).path
+
+
+def scatter_figure(groups: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
+                   title: str | None = None, fit: bool = True) -> Figure:
+    """One point per run, one colour and marker per group (``label -> (xs, ys)``), unsaved; ``fit``
+    adds the least-squares line over all points (dashed), the line a correlation coefficient
+    summarises. Raises :class:`PrunelabError` when no group has a finite point."""
+    clean = {}
+    for label, (xs, ys) in groups.items():
+        pts = [(float(x), float(y)) for x, y in zip(xs, ys) if np.isfinite(float(x)) and np.isfinite(float(y))]
+        if pts:
+            clean[label] = pts
+    if not clean:
+        raise PrunelabError("nothing to plot: no group has a point with finite x and y")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    colours = _colours(len(clean))
+    for i, (label, pts) in enumerate(clean.items()):
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colours[i], marker=MARKERS[i % len(MARKERS)],
+                   s=36, label=f"{label} (n={len(pts)})", zorder=3)
+    every = [p for pts in clean.values() for p in pts]
+    xs, ys = np.array([p[0] for p in every]), np.array([p[1] for p in every])
+    if fit and len(every) >= 2 and np.ptp(xs) > 0:
+        slope, intercept = np.polyfit(xs, ys, 1)
+        grid = np.linspace(xs.min(), xs.max(), 50)
+        ax.plot(grid, slope * grid + intercept, color="0.3", linestyle="--", linewidth=1.2, zorder=2,
+                label=f"least squares (slope {slope:+.3g})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.35)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    if title:
+        ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    return fig

@@ -90,6 +90,9 @@ class Reproduction:
     report: Callable[[Sequence[Mapping[str, Any]], str], Report]
     data: str  # the dataset it needs ("digits" needs no download)
     time: Mapping[str, str]  # mode -> expected time, e.g. {"quick": "1 min CPU", "default": "20 min CPU", ...}
+    #: (rows, mode, folder) -> the paths of the reproduction's own figures, written into folder (the sweep's
+    #: accuracy-vs-compression plot is always made); like the report, a function of ``results.csv`` alone
+    figures: Callable[[Sequence[Mapping[str, Any]], str, Path], list[Path]] | None = None
 
 
 REPRODUCTIONS: Registry[Reproduction] = Registry("reproduction")
@@ -136,6 +139,8 @@ def run(name: str, mode: str = "default", out: str | Path | None = None, *, over
     result = run_sweep(sweep, out, **sweep_options)
     report = rep.report(result.rows, mode)
     write_report(rep.name, mode, report, out)
+    if rep.figures is not None and result.rows:
+        rep.figures(result.rows, mode, out)
     return result, report
 
 
@@ -150,13 +155,16 @@ def write_report(name: str, mode: str, report: Report, folder: str | Path) -> No
 
 def report_from_folder(name: str, folder: str | Path, mode: str = "default", *, write: bool = False) -> Report:
     """Rebuild a reproduction's report from a finished folder's ``results.csv`` (no run is computed);
-    ``write=True`` also rewrites the folder's ``report.md`` / ``report.json``."""
+    ``write=True`` also rewrites the folder's ``report.md`` / ``report.json`` and the reproduction's figures."""
     rep = REPRODUCTIONS.get(name)
     csv = Path(folder) / "results.csv"
     if not csv.is_file():
         raise PrunelabError(f"no results.csv in {str(folder)!r}: give the --out folder of a finished "
                             f"`prunelab reproduce {rep.name}` run")
-    report = rep.report(read_csv(csv), mode)
+    rows = read_csv(csv)
+    report = rep.report(rows, mode)
     if write:
         write_report(rep.name, mode, report, folder)
+        if rep.figures is not None and rows:
+            rep.figures(rows, mode, Path(folder))
     return report

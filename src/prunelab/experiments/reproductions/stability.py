@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from scipy import stats
@@ -31,6 +32,7 @@ from prunelab.experiments.reproductions.common import fmt_mean_std, mean_ci, see
 from prunelab.models import vgg_width as _vgg_width  # noqa: F401  (registers vgg_scaled)
 from prunelab.pruning import structured_schedule as _structured  # noqa: F401  (registers the schedule)
 from prunelab.pruning.structured_schedule import TARGET_NAMES, StructuredOptions
+from prunelab.report.plots import save_figure, scatter_figure
 
 NAME = "stability"
 STABILITY = "stability.mean_stability"
@@ -93,10 +95,7 @@ def _paired(rows: Sequence[Mapping[str, Any]], a: str, b: str, column: str) -> l
 
 
 def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
-    labelled = []
-    for r in rows:
-        target, rate, label = method_of(r, mode)
-        labelled.append({**r, "_target": target, "_rate": rate, "_label": label})
+    labelled = _labelled(rows, mode)
     pruned = [r for r in labelled if r["_target"] != "none"]
     fig2 = [r for r in pruned if r["_target"] in ("smallest", "largest")]
     rates = sorted({r["_rate"] for r in fig2})
@@ -162,12 +161,46 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
                   ["method", "runs", "mean stability %", "best test acc % after pruning", "gen. gap %", "events"])
 
 
+def _labelled(rows: Sequence[Mapping[str, Any]], mode: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        target, rate, label = method_of(r, mode)
+        out.append({**r, "_target": target, "_rate": rate, "_label": label})
+    return out
+
+
+def figures(rows: Sequence[Mapping[str, Any]], mode: str, folder: Path) -> list[Path]:
+    """``stability_vs_accuracy.png``, the paper's Fig. 2: one point per pruned run, mean pruning stability
+    (x) against best test accuracy after the last pruning event (y), a colour per method, the
+    least-squares line and Pearson's r with its Fisher-z interval over the Prune_S / Prune_L runs (the
+    correlation claim's runs) in the title. Runs without a stability value (no pruning) are not drawn."""
+    labelled = [r for r in _labelled(rows, mode) if r["_target"] != "none"
+                and r.get(STABILITY) not in (None, "") and r.get(ACCURACY) not in (None, "")]
+    if not labelled:
+        return []
+    order = sorted({(r["_rate"], r["_target"], r["_label"]) for r in labelled})
+    groups = {label: ([float(r[STABILITY]) for r in labelled if r["_label"] == label],
+                      [100.0 * float(r[ACCURACY]) for r in labelled if r["_label"] == label])
+              for *_, label in order}
+    fig2 = [r for r in labelled if r["_target"] in ("smallest", "largest")]
+    c = stability_correlations([float(r[STABILITY]) for r in fig2], [float(r[ACCURACY]) for r in fig2])
+    lo, hi = correlation_ci(c["pearson_r"], len(fig2))
+    r_txt = (f"Pearson r = {c['pearson_r']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
+             + f" over the {len(fig2)} Prune_S / Prune_L runs" if math.isfinite(c["pearson_r"])
+             else "r not computable")
+    fig = scatter_figure(groups, xlabel="mean pruning stability (%)",
+                         ylabel="best test accuracy after the last pruning event (%)",
+                         title=f"Generalization-stability (Bartoldson et al. 2020, Fig. 2 setting, {mode}): {r_txt}")
+    return [save_figure(fig, Path(folder) / "stability_vs_accuracy.png")]
+
+
 register(Reproduction(
     name=NAME,
     paper=PAPER,
     claim="mean pruning stability and best test accuracy are negatively correlated (VGG11-BN / CIFAR-10, Fig. 2)",
     sweep="stability.toml",
     report=report,
+    figures=figures,
     data="cifar10",
     time={"quick": "~30 s CPU", "default": "~3 h CPU (12 runs of ~15 min, 1 core)",
           "full": "~45 h on one GPU (50 runs x 325 epochs of full VGG11-BN; does not fit 10 min)"},
