@@ -22,7 +22,7 @@ samples drawn with each seed:
     python benchmarks/cbs_authors_count.py --checkpoint PATH/mnist_25_epoch_93.97.ckpt --data-root DATA
     python benchmarks/cbs_authors_count.py ... --seeds 0 --sparsities 0.98   # one cell, ~1 min
 
-Measured (2 CPU threads, 5 seeds, ~12 min; mean ± sd, paper in brackets), CBS-S / CBS:
+Measured (2 CPU threads, 5 seeds, 5.6 min; mean ± sd, paper in brackets), CBS-S / CBS:
   0.9   ours5 92.24 / 92.84   ours49 92.25 / 92.87   authors 92.50 / 93.00   [92.37 / 93.14]
   0.95  ours5 87.51 / 87.81   ours49 87.77 / 88.06   authors 88.59 / 89.04   [88.24 / 88.92]
   0.98  ours5 60.88 / 47.01   ours49 61.63 / 50.35   authors 65.57 / 55.93   [66.64 / 55.45]
