@@ -31,6 +31,11 @@ def test_transformers_tour_runs():
     masks = namespace["gpt_masks"]
     assert abs(masks.sparsity() - 0.9) < 1e-3
     assert all(".h." in name for name in masks)  # only the block projections are pruned by default
+    # the fine-tuning step ran through the adapter and kept the pruned weights at 0
+    params = dict(namespace["gpt"].named_parameters())
+    for name, mask in masks.items():
+        assert int((params[name].detach()[~mask] != 0).sum()) == 0, name
+        assert int((params[name].detach()[mask] != 0).sum()) == int(mask.sum()), name
 
 
 def test_readme_names_the_two_setup_commands_used_by_ci():

@@ -343,6 +343,20 @@ class ModelAdapter:
         logits = self.forward(model, batch, params)
         return self.loss_from_logits(logits / temperature if temperature != 1.0 else logits, batch)
 
+    def scored(self, logits: Tensor, batch: Pair) -> tuple[Tensor | None, Tensor | None, int]:
+        """What a training loop tallies for one batch: ``(predicted, target, weight)``. ``predicted`` and
+        ``target`` are the class predicted and the true class at every position that counts (None, None
+        where the task has no class accuracy: no targets, float targets, regression); ``weight`` is the
+        number of positions the mean loss averages over (the batch size here), so that a dataset's mean
+        loss is the ``weight``-weighted mean of its batches' losses."""
+        y = batch[1]
+        n = self.batch_size(batch)
+        if y is None or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            return None, None, n
+        if logits.dim() == 2 and y.dim() == 1:
+            return logits.argmax(dim=1), y, n
+        return None, None, n
+
     # --- checks against the model ---------------------------------------------------------------
     def probe(self, model: nn.Module, batch: Pair) -> Tensor:
         """Logits of one forward pass on (at most) two samples, eval mode, no gradients; a failure is a
@@ -557,6 +571,14 @@ class HFAdapter(ModelAdapter):
         flat, target = self._valid_positions(logits, batch)
         return self.loss_fn(flat, target)
 
+    def scored(self, logits: Tensor, batch: Pair) -> tuple[Tensor | None, Tensor | None, int]:
+        """Token-level heads: the predicted and true token at every position that counts (those the loss
+        averages over, so ``weight`` is their number); see :meth:`ModelAdapter.scored`."""
+        if not self.token_level:
+            return super().scored(logits, batch)
+        flat, target = self._valid_positions(logits, batch)
+        return flat.argmax(dim=-1), target, int(target.numel())
+
     def _check_has_tokens(self, batches: list[Pair], what: str) -> None:
         for i, b in enumerate(batches):
             probe = torch.zeros((*self.targets_shape(b), 1))
@@ -649,6 +671,14 @@ class HFSequenceClassificationAdapter(HFAdapter):
         if problem == "multi_label_classification":
             return nn.functional.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
         return self.loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def scored(self, logits: Tensor, batch: Pair) -> tuple[Tensor | None, Tensor | None, int]:
+        """Single-label classification: (argmax, label) per sample; regression and multi-label have no
+        class accuracy (None, None); the weight is the batch size."""
+        y, n = batch[1], self.batch_size(batch)
+        if y is None or self._problem(y) != "single_label_classification":
+            return None, None, n
+        return logits.reshape(-1, logits.shape[-1]).argmax(dim=-1), y.reshape(-1), n
 
     def check(self, model: nn.Module, batches: list[Pair]) -> list[Pair]:
         logits = self.probe(model, batches[0])

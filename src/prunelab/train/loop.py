@@ -29,7 +29,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,8 @@ from prunelab.analysis.evaluate import EvalResult, evaluate
 from prunelab.callbacks import Callback, TrainState
 from prunelab.data.loader import TensorLoader
 from prunelab.errors import PrunelabError
+from prunelab.models.adapters import ModelAdapter, TensorAdapter, adapter_for, check_adapter, is_transformers_model
+from prunelab.train.adapted import PairLoader, Tally, evaluate_pair, pair_tensors, split_pair
 from prunelab.train.checkpoint import check_fits, load_train_state, remove_stale_tmp, save_train_state
 from prunelab.train.config import TrainConfig
 from prunelab.train.jumpstart import Jumpstart
@@ -200,9 +202,10 @@ class _Epoch:
     """Runs one epoch of optimizer steps and sums loss/hits on the device (read once, at the end)."""
 
     def __init__(self, state: TrainState, callbacks: Sequence[Callback], loss_fn: nn.Module,
-                 bar: ProgressBar, y_train: torch.Tensor) -> None:
+                 bar: ProgressBar, y_train: torch.Tensor | None, adapter: ModelAdapter | None = None) -> None:
         self.state, self.callbacks, self.loss_fn, self.bar = state, callbacks, loss_fn, bar
         self.y_train = y_train
+        self.adapter = adapter  # None: plain (x, y) tensors, model(x), loss_fn; else the adapter's call and loss
         self.check_each_step = state.device.type in CHECK_EVERY_STEP_ON
 
     def run(self, loader: TensorLoader) -> tuple[float, float]:
@@ -217,13 +220,19 @@ class _Epoch:
         extra_sum = torch.zeros((), device=state.device)
         hits = torch.zeros((), dtype=torch.long, device=state.device)
         seen = 0
+        adapter = self.adapter
+        tally = Tally(state.device) if adapter is not None else None
         for xb, yb in loader:
             for cb in callbacks:
                 cb.on_batch_begin(state, xb, yb)
-            outputs = model(xb)
-            if state.iteration == 0:
-                _check_batch(outputs, xb, self.y_train)
-            loss = self.loss_fn(outputs, yb)
+            if adapter is None:
+                outputs = model(xb)
+                if state.iteration == 0:
+                    _check_batch(outputs, xb, self.y_train)
+                loss = self.loss_fn(outputs, yb)
+            else:
+                outputs = adapter.forward(model, (xb, yb))
+                loss = adapter.loss_from_logits(outputs, (xb, yb))
             total = loss
             for cb in callbacks:
                 extra = cb.extra_loss(state, xb, yb, outputs)
@@ -245,20 +254,50 @@ class _Epoch:
             state.iteration += 1
             for cb in callbacks:
                 cb.after_step(state)
-            loss_sum += loss.detach() * yb.shape[0]
-            hits += (outputs.detach().argmax(dim=1) == yb).sum()
-            seen += yb.shape[0]
+            if tally is None:
+                loss_sum += loss.detach() * yb.shape[0]
+                hits += (outputs.detach().argmax(dim=1) == yb).sum()
+                seen += yb.shape[0]
+            else:
+                tally.add(adapter, outputs, (xb, yb), loss)
             self.bar.advance()
             if state.stop or state.iteration >= state.total_iterations:
                 break
-        mean = float(loss_sum) / max(seen, 1)
+        if tally is not None:
+            mean, acc = tally.result()
+        else:
+            mean, acc = float(loss_sum) / max(seen, 1), int(hits) / max(seen, 1)
         if not self.check_each_step:
             extras = float(extra_sum)
             if not math.isfinite(mean + extras):
                 bad = mean if not math.isfinite(mean) else extras
                 raise _diverged(state, bad, state.iteration, optimizer.param_groups[0]["lr"],
                                 "(summed over the epoch)")
-        return mean, int(hits) / max(seen, 1)
+        return mean, acc
+
+
+def _training_adapter(model: nn.Module, data: Any, adapter: ModelAdapter | None,
+                      config: TrainConfig) -> ModelAdapter | None:
+    """The adapter ``fit`` trains through, or None for the plain path (tensors, ``model(x)``, the loop's
+    cross-entropy): ``adapter=`` when given, else :func:`adapter_for` for a ``transformers`` model or
+    dict inputs. Options that only the plain path implements are refused rather than ignored."""
+    if adapter is not None:
+        adapter = check_adapter(adapter)
+    elif is_transformers_model(model) or isinstance(getattr(data, "x_train", None), Mapping):
+        adapter = adapter_for(model)
+    if adapter is None:
+        return None
+    refused = {"augment": config.augment, "label_smoothing": config.label_smoothing > 0,
+               "jumpstart": config.jumpstart > 0}
+    bad = [k for k, v in refused.items() if v]
+    if bad:
+        who = "a transformers model" if is_transformers_model(model) else f"adapter {type(adapter).__name__}"
+        raise PrunelabError(f"training {who}: {', '.join(bad)} is not supported (it needs image tensors or a plain "
+                            f"model, and the loss is the adapter's); set {' and '.join(bad)} off")
+    if isinstance(adapter, TensorAdapter) and not getattr(adapter, "custom_loss", False) and not isinstance(
+            getattr(data, "x_train", None), Mapping):
+        return None  # the plain path is the same computation, bit for bit the zoo's
+    return adapter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +342,24 @@ def _identity(config: TrainConfig, model: nn.Module, train: tuple[torch.Tensor, 
         "data": {"x_train": list(x.shape), "x_train_sample": _sha256([("x", rows)]), "y_train": _sha256([("y", y)]),
                  **{f"x_{k}": list(v[0].shape) if v is not None else None for k, v in splits.items()}},
         # class names only: a script's callback is __main__.X when run, script.X when imported
+        "callbacks": [type(cb).__qualname__ for cb in callbacks],
+    }
+
+
+def _identity_pairs(config: TrainConfig, model: nn.Module, adapter: ModelAdapter, train: Any,
+                    splits: dict[str, Any], callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """:func:`_identity` for adapter batches: the same fields, every tensor of the batch fingerprinted."""
+    n = adapter.batch_size(train)
+    rows = adapter.select(train, torch.arange(0, n, max(1, n // _FINGERPRINT_ROWS)))
+    dump = config.model_dump(mode="json")
+    return {
+        "config_hash": hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest(),
+        "config": dump,
+        "initial_weights": _sha256(sorted(model.state_dict().items())),
+        "data": {"train": {k: list(v.shape) for k, v in pair_tensors(train)}, "train_sample": _sha256(pair_tensors(rows)),
+                 "adapter": type(adapter).__qualname__,
+                 **{k: ({t: list(v.shape) for t, v in pair_tensors(p)} if p is not None else None)
+                    for k, p in splits.items()}},
         "callbacks": [type(cb).__qualname__ for cb in callbacks],
     }
 
@@ -409,8 +466,17 @@ def fit(
     *,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    adapter: ModelAdapter | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place) on ``data.x_train, data.y_train`` with cross-entropy and ``config``.
+
+    Models that a :class:`~prunelab.models.adapters.ModelAdapter` calls (``transformers`` models,
+    chosen by :func:`~prunelab.models.adapters.adapter_for`, or any model with ``adapter=``) train on
+    the same ``data`` fields, where ``x_*`` may be a dict of tensors and ``y_*`` may be missing (a
+    causal LM's targets are its next tokens), with the adapter's loss; the accuracy columns are the
+    adapter's (per token for token-level heads, NaN without a class target); see
+    :mod:`prunelab.train.adapted`. CIFAR augmentation, label smoothing and jumpstart are for image
+    tensors and plain models, and are refused there.
 
     ``data`` is a :class:`prunelab.data.Dataset` (any object with tensors ``x_train, y_train,
     x_test, y_test`` and optionally ``x_val, y_val`` works). The model and the tensors are moved to
@@ -447,14 +513,24 @@ def fit(
         callbacks.insert(0, Jumpstart(config.jumpstart, aggregate=config.jumpstart_aggregate,
                                       sites=config.jumpstart_sites))
 
+    adapter = _training_adapter(model, data, adapter, config)
     device = resolve_device(config.device)
-    train, test, val = (_split(data, name, device) for name in ("train", "test", "val"))
-    if train is None or test is None:
-        raise PrunelabError("data needs x_train, y_train, x_test and y_test tensors")
+    if adapter is None:
+        train, test, val = (_split(data, name, device) for name in ("train", "test", "val"))
+        if train is None or test is None:
+            raise PrunelabError("data needs x_train, y_train, x_test and y_test tensors")
     seed_everything(config.seed)
     model.to(device)
-    loader = TensorLoader(*train, config.batch_size, shuffle=True, seed=config.seed,
-                          augment="cifar" if config.augment else None)
+    if adapter is not None:
+        train, test, val = (split_pair(data, name, adapter, model, device) for name in ("train", "test", "val"))
+        if train is None or test is None:
+            raise PrunelabError(f"data needs x_train and x_test (tensors or dicts of tensors, with y_train / "
+                                f"y_test or 'labels' where {type(model).__name__} needs labels)")
+        loader: TensorLoader | PairLoader = PairLoader(adapter, train, config.batch_size, shuffle=True,
+                                                       seed=config.seed)
+    else:
+        loader = TensorLoader(*train, config.batch_size, shuffle=True, seed=config.seed,
+                              augment="cifar" if config.augment else None)
     steps_per_epoch = len(loader)
     if config.iterations is not None:
         total_iterations, total_epochs = config.iterations, math.ceil(config.iterations / steps_per_epoch)
@@ -463,7 +539,8 @@ def fit(
         total_iterations, total_epochs = config.epochs * steps_per_epoch, config.epochs
     checkpointer = None
     if ckpt_file is not None:
-        identity = _identity(config, model, train, {"test": test, "val": val}, callbacks)
+        identity = (_identity(config, model, train, {"test": test, "val": val}, callbacks) if adapter is None
+                    else _identity_pairs(config, model, adapter, train, {"test": test, "val": val}, callbacks))
         checkpointer = _Checkpointer(ckpt_file, checkpoint_every, identity)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -472,9 +549,12 @@ def fit(
     state = TrainState(model=model, optimizer=optimizer, config=config, data=data, device=device,
                        scheduler=scheduler, steps_per_epoch=steps_per_epoch,
                        total_iterations=total_iterations, total_epochs=total_epochs)
-    eval_bs = max(1024, config.batch_size)
+    eval_bs = max(1024, config.batch_size) if adapter is None else max(64, config.batch_size)
 
     def evaluate_now() -> tuple[EvalResult | None, EvalResult]:
+        if adapter is not None:
+            return (evaluate_pair(model, adapter, val, eval_bs) if val is not None else None,
+                    evaluate_pair(model, adapter, test, eval_bs))
         return (evaluate(model, *val, batch_size=eval_bs) if val is not None else None,
                 evaluate(model, *test, batch_size=eval_bs))
 
@@ -482,7 +562,7 @@ def fit(
     done_before = checkpointer.saved["loop"]["iteration"] if resuming else 0  # type: ignore[union-attr]
     bar = ProgressBar(progress, total_iterations, total_epochs=total_epochs, completed=done_before)
     epoch_runner = _Epoch(state, callbacks, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-                          bar, train[1])
+                          bar, train[1], adapter)
     evaluated_at: tuple[int, EvalResult | None, EvalResult] | None = None
     first_epoch, elapsed_before, resumed_from = 0, 0.0, None
     start = time.perf_counter()
