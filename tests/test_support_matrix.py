@@ -26,7 +26,7 @@ def support_matrix():
 
 
 FEATURES = ["magnitude", "snip", "uniform", "nm 2:4", "effective", "flops", "compact", "sparse export",
-            "masks save/load"]
+            "masks save/load", "fine-tune"]
 
 
 def test_mlp_and_bert_cells_are_ok(support_matrix):
