@@ -9,7 +9,7 @@ import os
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ DOCS = Path(__file__).parents[1] / "docs"
 
 @pytest.mark.parametrize("page", ["adding_a_criterion.md", "adding_an_analysis.md"])
 def test_how_to_page_runs(page, tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.DOTALL)
     assert len(blocks) >= 2, f"{page} has no runnable example"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

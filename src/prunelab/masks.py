@@ -198,7 +198,7 @@ class Masks(Mapping[str, torch.Tensor]):
         model: nn.Module,
         include: tuple[type[nn.Module] | str, ...] | None = None,
         exclude: tuple[str, ...] = (),
-    ) -> "Masks":
+    ) -> Masks:
         """All-kept masks for every prunable weight (see :func:`prunable_modules`)."""
         params = prunable_parameters(model, include, exclude)
         return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
@@ -209,7 +209,7 @@ class Masks(Mapping[str, torch.Tensor]):
         model: nn.Module,
         include: tuple[type[nn.Module] | str, ...] | None = None,
         exclude: tuple[str, ...] = (),
-    ) -> "Masks":
+    ) -> Masks:
         """Masks of the non-zero prunable weights (e.g. of a pruned checkpoint saved without masks)."""
         params = prunable_parameters(model, include, exclude)
         return cls({n: p.detach() != 0 for n, p in params.items()})
@@ -250,18 +250,18 @@ class Masks(Mapping[str, torch.Tensor]):
                     f"cannot {op} masks: layer {k!r} has shape {tuple(v.shape)} vs {tuple(other[k].shape)}"
                 )
 
-    def __and__(self, other: Mapping[str, torch.Tensor]) -> "Masks":
+    def __and__(self, other: Mapping[str, torch.Tensor]) -> Masks:
         self._same_layout(other, "intersect (&)")
         return Masks({k: v & other[k].to(v.device, torch.bool) for k, v in self._data.items()})
 
-    def __or__(self, other: Mapping[str, torch.Tensor]) -> "Masks":
+    def __or__(self, other: Mapping[str, torch.Tensor]) -> Masks:
         self._same_layout(other, "unite (|)")
         return Masks({k: v | other[k].to(v.device, torch.bool) for k, v in self._data.items()})
 
-    def to(self, device: torch.device | str) -> "Masks":
+    def to(self, device: torch.device | str) -> Masks:
         return Masks({k: v.to(device) for k, v in self._data.items()})
 
-    def clone(self) -> "Masks":
+    def clone(self) -> Masks:
         return Masks({k: v.clone() for k, v in self._data.items()})
 
     # --- counts -------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ class Masks(Mapping[str, torch.Tensor]):
         atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Masks":
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Masks:
         """Read masks written by :meth:`save`; every tensor must be bool."""
         path = Path(path)
         if not path.is_file():

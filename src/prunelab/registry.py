@@ -9,8 +9,8 @@ names from here, and an unknown name is an error that lists them. Names are case
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 

@@ -2,8 +2,7 @@
 
 import torch
 
-import prunelab.analysis.regions.summary as summary
-from prunelab.analysis.regions import count_line, regions_summary
+from prunelab.analysis.regions import count_line, regions_summary, summary
 from prunelab.models import create
 
 

@@ -293,7 +293,7 @@ def test_two_concurrent_drivers_compute_each_run_exactly_once(tmp_path):
 def test_a_full_disk_is_a_one_line_error_before_any_training(tmp_path, monkeypatch):
     import errno
 
-    import prunelab.experiments.runner as runner
+    from prunelab.experiments import runner
 
     trained = []
     monkeypatch.setattr(runner, "fit", lambda *a, **k: trained.append(1))
@@ -311,7 +311,7 @@ def test_a_full_disk_is_a_one_line_error_before_any_training(tmp_path, monkeypat
 def test_a_write_failure_after_training_is_a_one_line_error_and_the_dense_model_is_kept(tmp_path, monkeypatch):
     import errno
 
-    import prunelab.experiments.runner as runner
+    from prunelab.experiments import runner
 
     real = runner.save_state_dict
 

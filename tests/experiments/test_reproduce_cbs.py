@@ -332,7 +332,7 @@ def test_report_only_rebuilds_the_report_from_results_csv_without_running(tmp_pa
     assert [c["verdict"] for c in saved["claims"]] == [c.verdict for c in expected.claims]
     assert saved["claims"][0]["claim"] == "WoodFisher beats magnitude pruning" and saved["mode"] == "default"
     assert "| WoodFisher beats magnitude pruning |" in (tmp_path / "report.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md", "results.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cbs_vs_paper.png", "report.json", "report.md", "results.csv"]
 
 
 @pytest.mark.parametrize("args, says", [
@@ -348,3 +348,31 @@ def test_report_only_bad_input_is_one_line(tmp_path, args, says):
     res = CliRunner().invoke(main, ["reproduce", "cbs", "--report-only", *args])
     assert res.exit_code == 2 and says in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_cbs_figure_plots_our_means_and_sds_beside_table_1(tmp_path, monkeypatch):
+    """hand_rows() at 0.9 (3 seeds): our WF series is 82.0 ± 0.1 there, the paper's WF 91.69; the
+    authors'-count rows of the other test appear as their own star series."""
+    from prunelab.experiments.reproductions import cbs
+
+    drawn = {}
+    real = cbs.paper_comparison_figure
+
+    def spy(ours, paper, **kw):
+        drawn.update(ours=ours, paper=paper, **kw)
+        return real(ours, paper, **kw)
+
+    monkeypatch.setattr(cbs, "paper_comparison_figure", spy)
+    at = AUTHORS_SPARSITY[0.98]
+    rows = hand_rows() + [_row("CBS-S", at, k, a) for k, a in enumerate([0.660, 0.666, 0.672])]
+    (path,) = cbs.figures(rows, "default", tmp_path)
+    assert path == tmp_path / "cbs_vs_paper.png" and path.read_bytes()[:4] == b"\x89PNG"
+    xs, means, sds = drawn["ours"]["WF"]
+    assert xs == [0.5, 0.9] and means == pytest.approx([83.0, 82.0]) and sds == pytest.approx([0.0, 0.1])
+    assert drawn["paper"]["WF"] == ([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98],
+                                    [94.02, 93.82, 93.77, 93.57, 91.69, 85.54, 38.26])
+    assert list(drawn["extra"]) == ["CBS-S at the authors' count (ours)"]
+    xs, means, _ = drawn["extra"]["CBS-S at the authors' count (ours)"]
+    assert xs == [round(at, 4)] and means == pytest.approx([66.6])
+    assert drawn["x_of"](0.9) == pytest.approx(10.0) and round(at, 4) not in drawn["tick_labels"]
+    assert cbs.figures([], "default", tmp_path) == []

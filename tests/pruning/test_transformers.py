@@ -20,11 +20,11 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-import prunelab  # noqa: E402
-from prunelab.analysis.sparsity import sparsity_report  # noqa: E402
-from prunelab.errors import PrunelabError  # noqa: E402
-from prunelab.masks import Masks, prunable_parameters  # noqa: E402
-from prunelab.models.adapters import (  # noqa: E402
+import prunelab
+from prunelab.analysis.sparsity import sparsity_report
+from prunelab.errors import PrunelabError
+from prunelab.masks import Masks, prunable_parameters
+from prunelab.models.adapters import (
     HFCausalLMAdapter,
     HFImageClassificationAdapter,
     HFSeq2SeqLMAdapter,
@@ -35,9 +35,9 @@ from prunelab.models.adapters import (  # noqa: E402
     is_conv1d,
     logits_of,
 )
-from prunelab.models.tiny_hf import FF, HIDDEN, SEQ, TINY_HF_MODELS, VOCAB, tiny_hf_batch, tiny_hf_model  # noqa: E402
-from prunelab.pruning import MaskEnforcer  # noqa: E402
-from prunelab.pruning.context import CRITERIA  # noqa: E402
+from prunelab.models.tiny_hf import FF, HIDDEN, SEQ, TINY_HF_MODELS, VOCAB, tiny_hf_batch, tiny_hf_model
+from prunelab.pruning import MaskEnforcer
+from prunelab.pruning.context import CRITERIA
 
 transformers.logging.set_verbosity_error()
 
@@ -113,7 +113,7 @@ ERROR_CELLS: dict[str, str] = {}
 @pytest.mark.parametrize("criterion", CRITERIA_ALL)
 def test_every_criterion_global_at_0_9(base_models, name, criterion):
     model = copy.deepcopy(base_models[name])
-    call = lambda: prunelab.prune(model, 0.9, criterion, "global", data=tiny_hf_batch(name), options=_options(criterion))  # noqa: E731
+    call = lambda: prunelab.prune(model, 0.9, criterion, "global", data=tiny_hf_batch(name), options=_options(criterion))
     if criterion in ERROR_CELLS:
         msg = _one_line_error(call)
         assert ERROR_CELLS[criterion] in msg and type(model).__name__ in msg

@@ -249,3 +249,28 @@ def test_scatter_figure_points_groups_and_least_squares_line():
     plt.close(one)
     with pytest.raises(PrunelabError, match="no group has a point with finite x and y"):
         scatter_figure({"a": ([float("nan")], [1.0])}, xlabel="x", ylabel="y")
+
+
+def test_paper_comparison_figure_draws_ours_paper_and_extras_in_method_order():
+    """Two methods: ours with error bars, the paper's values hollow and dashed, one extra star point
+    in its method's colour; legend ours-then-paper per method; x through x_of on a log axis with the
+    given tick labels."""
+    from prunelab.report.plots import paper_comparison_figure
+
+    fig = paper_comparison_figure(
+        {"A": ([0.5, 0.9], [90.0, 80.0], [1.0, 2.0]), "B": ([0.5, 0.9], [91.0, 70.0], [0.5, 0.5])},
+        {"A": ([0.5, 0.9], [89.0, 81.0])}, extra={"B at x (ours)": ([0.8], [75.0], [1.0])},
+        x_of=lambda s: 1 / (1 - s), tick_labels={0.5: "0.5", 0.9: "0.9"}, xlabel="s", ylabel="acc", title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["A (ours)", "A (paper)", "B (ours)",
+                                                                    "B at x (ours)"]
+    (paper_line,) = [ln for ln in ax.lines if ln.get_label() == "A (paper)"]
+    assert paper_line.get_linestyle() == "--" and paper_line.get_markerfacecolor() == "none"
+    assert np.allclose(paper_line.get_xdata(), [2.0, 10.0]) and list(paper_line.get_ydata()) == [89.0, 81.0]
+    a_ours, b_ours, star = (c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    assert np.allclose(a_ours.lines[0].get_xdata(), [2.0, 10.0])
+    assert star.lines[0].get_marker() == "*" and star.lines[0].get_color() == b_ours.lines[0].get_color()
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
+    plt.close(fig)
+    with pytest.raises(PrunelabError, match="nothing to plot"):
+        paper_comparison_figure({}, {}, xlabel="x", ylabel="y")

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.train import Callback, TrainConfig, TrainingDiverged, TrainState, fit
-from prunelab.train import loop
+from prunelab.train import Callback, TrainConfig, TrainingDiverged, TrainState, fit, loop
 
 
 @dataclass
@@ -94,7 +93,6 @@ class Recorder(Callback):
 
     def extra_loss(self, state, xb, yb, outputs):
         self.log.append(("extra_loss", state.iteration))
-        return None
 
     def after_backward(self, state: TrainState) -> None:
         self.log.append(("after_backward", state.iteration))

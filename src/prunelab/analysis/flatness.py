@@ -111,10 +111,10 @@ class HessianOperator:
             self._mode.__exit__(None, None, None)
             self._mode = None
 
-    def __enter__(self) -> "HessianOperator":
+    def __enter__(self) -> HessianOperator:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _split(self, v: torch.Tensor) -> list[torch.Tensor]:

@@ -57,7 +57,7 @@ MODEL_SITE = "model"
 class _ReluMode(TorchFunctionMode):
     """Intercepts every ReLU call while active and hands its input to the recorder."""
 
-    def __init__(self, recorder: "ReluInputs") -> None:
+    def __init__(self, recorder: ReluInputs) -> None:
         super().__init__()
         self.recorder = recorder
 
@@ -131,7 +131,7 @@ class ReluInputs:
         self.values[name] = x.detach() if self.detach else x
 
     # attach / detach -------------------------------------------------------------------------
-    def __enter__(self) -> "ReluInputs":
+    def __enter__(self) -> ReluInputs:
         if self._handles:
             raise PrunelabError("this ReluInputs recorder is already attached to its model")
         self._handles.append(self.model.register_forward_pre_hook(self._enter_model))
@@ -143,7 +143,7 @@ class ReluInputs:
             self._handles.append(module.register_forward_hook(self._pop, always_call=True))
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []

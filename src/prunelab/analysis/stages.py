@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,12 +56,12 @@ class RunInfo:
 
     seed: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    final: Optional[EvalResult] = None
-    dense: Optional[EvalResult] = None
+    final: EvalResult | None = None
+    dense: EvalResult | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
-AnalysisFn = Callable[[nn.Module, Optional[Mapping[str, torch.Tensor]], Any, BaseModel, RunInfo], Row]
+AnalysisFn = Callable[[nn.Module, Mapping[str, torch.Tensor] | None, Any, BaseModel, RunInfo], Row]
 ANALYSES: Registry[AnalysisFn] = Registry("analysis")
 
 
@@ -113,7 +113,7 @@ def _units(model, masks, data, options, run) -> Row:
 
 class BoundOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    subspace_dim: Optional[int] = Field(None, gt=0, description="bound on an input subspace of this dimension")
+    subspace_dim: int | None = Field(None, gt=0, description="bound on an input subspace of this dimension")
 
 
 @ANALYSES.register("regions_bound", options=BoundOptions)
@@ -147,7 +147,7 @@ class ExactOptions(BaseModel):
     domain: str = Field("box:0,1", description="input box in pixel units, mapped through the normalisation")
     method: Literal["single_milp", "per_unit", "callback_milp"] = "single_milp"
     solver: Literal["highs", "scip"] = Field("highs", description="MILP solver of method callback_milp")
-    time_limit: Optional[float] = Field(None, gt=0, description="seconds for the MILP stage")
+    time_limit: float | None = Field(None, gt=0, description="seconds for the MILP stage")
     data_samples: int = Field(1000, ge=0, description="training inputs used as witnesses")
 
 

@@ -17,11 +17,11 @@ from prunelab.data.idx import IDX_SPECS, MNIST_SHA256, parse_idx, read_idx
 
 __all__ = [
     "CIFAR_SPECS",
-    "Checksum",
     "DATASETS",
-    "Dataset",
     "IDX_SPECS",
     "MNIST_SHA256",
+    "Checksum",
+    "Dataset",
     "RawSplits",
     "TensorLoader",
     "channel_stats",

@@ -18,9 +18,10 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class Dataset:
     input_shape: tuple[int, ...]
     class_names: list[str]
 
-    def to(self, device: str | torch.device) -> "Dataset":
+    def to(self, device: str | torch.device) -> Dataset:
         """A copy with every tensor on ``device`` (tensors already there are shared, not copied)."""
         moved = {
             f.name: getattr(self, f.name).to(device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -27,11 +27,11 @@ class LoadedRun:
     path: Path
     config: dict[str, Any]
     model: nn.Module
-    masks: Optional[Masks]
+    masks: Masks | None
     dataset: Any
 
 
-def load_run(path: str | Path, *, data_root: Optional[str] = None, normalize: Optional[bool] = None) -> LoadedRun:
+def load_run(path: str | Path, *, data_root: str | None = None, normalize: bool | None = None) -> LoadedRun:
     """Rebuild the model of a run folder, load its weights and masks, and load its dataset.
 
     The data is normalised as it was for training (``config.json``'s ``normalize``, default True);

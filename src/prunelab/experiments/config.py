@@ -25,7 +25,7 @@ import itertools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -81,7 +81,7 @@ class MethodSpec(BaseModel):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
-    label: Optional[str] = None
+    label: str | None = None
 
 
 class Resources(BaseModel):
@@ -105,23 +105,23 @@ class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     criterion: str = "magnitude"
-    allocation: Union[str, dict[str, float]] = "global"
+    allocation: str | dict[str, float] = "global"
     sparsity: float = Field(0.9, description="fraction of prunable weights removed, in [0, 1)")
     sparsity_kind: str = Field("direct", description="direct or effective")
     effective_prune: bool = Field(False, description="drop disconnected weights and re-spend their budget")
     schedule: str = Field("oneshot", description="when to prune (see prunelab list)")
     schedule_options: dict[str, Any] = Field(default_factory=dict, description="the schedule's options")
-    update: Optional[str] = Field("auto", description="weight update after pruning: auto (the criterion's "
+    update: str | None = Field("auto", description="weight update after pruning: auto (the criterion's "
                                   "own), none, obs, cbs")
     data_samples: int = Field(1024, gt=0, description="training samples given to data-dependent criteria")
     data_batch: int = Field(256, gt=0)
-    iterations: Optional[int] = Field(None, gt=0, description="score/prune rounds (SynFlow default 100)")
+    iterations: int | None = Field(None, gt=0, description="score/prune rounds (SynFlow default 100)")
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of layers not pruned")
     options: dict[str, Any] = Field(default_factory=dict, description="criterion-specific options")
 
     @field_validator("update")
     @classmethod
-    def _none_update(cls, v: Optional[str]) -> Optional[str]:
+    def _none_update(cls, v: str | None) -> str | None:
         return None if v is None or v.lower() in ("none", "") else v.lower()
 
     @field_validator("sparsity")
@@ -139,7 +139,7 @@ class PruneConfig(BaseModel):
         return v.lower()
 
     @model_validator(mode="after")
-    def _methods(self) -> "PruneConfig":
+    def _methods(self) -> PruneConfig:
         for name, registry in (("criterion", CRITERIA), ("schedule", SCHEDULES)):
             value = getattr(self, name)
             try:
@@ -206,15 +206,15 @@ class RunConfig(BaseModel):
     data_kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the dataset loader")
     normalize: bool = Field(True, description="standardise inputs per channel")
     val_fraction: float = Field(0.0, ge=0, lt=1)
-    train_subset: Optional[int] = Field(None, gt=0, description="train on the first N training examples only")
-    test_subset: Optional[int] = Field(None, gt=0, description="evaluate on the first N test examples only")
+    train_subset: int | None = Field(None, gt=0, description="train on the first N training examples only")
+    test_subset: int | None = Field(None, gt=0, description="evaluate on the first N test examples only")
     train: TrainConfig = Field(default_factory=TrainConfig)
-    finetune: Optional[TrainConfig] = None
+    finetune: TrainConfig | None = None
     prune: PruneConfig = Field(default_factory=PruneConfig)
     analyses: list[MethodSpec] = Field(default_factory=list, description="analyses run on the final model")
     seed: int = Field(0, ge=0, description="the run's seed: init, batch order (fine-tuning uses seed + 1)")
     # not part of the identity:
-    data_root: Optional[str] = None
+    data_root: str | None = None
     device: str = "auto"
     resources: Resources = Field(default_factory=Resources)
     checkpoint_every: int = Field(1, ge=0, description="epochs between resumable training checkpoints (0: none)")
@@ -226,7 +226,7 @@ class RunConfig(BaseModel):
 
     @field_validator("train", "finetune")
     @classmethod
-    def _no_nested_seed(cls, v: Optional[TrainConfig], info: Any) -> Optional[TrainConfig]:
+    def _no_nested_seed(cls, v: TrainConfig | None, info: Any) -> TrainConfig | None:
         if v is not None and "seed" in v.model_fields_set:
             raise ValueError(
                 f"{info.field_name}.seed is not used in a run: the run's seed (top-level `seed` / `seeds`) "
@@ -235,7 +235,7 @@ class RunConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _names(self) -> "RunConfig":
+    def _names(self) -> RunConfig:
         for name, registry in (("dataset", DATASETS), ("model", MODELS)):
             try:
                 object.__setattr__(self, name, registry.canonical(getattr(self, name)))
@@ -341,7 +341,7 @@ class SweepConfig(BaseModel):
 
     base: RunConfig = Field(default_factory=RunConfig)
     criteria: list[str] = Field(default_factory=lambda: ["magnitude"])
-    allocations: list[Union[str, dict[str, float]]] = Field(default_factory=lambda: ["global"])
+    allocations: list[str | dict[str, float]] = Field(default_factory=lambda: ["global"])
     sparsities: list[float] = Field(default_factory=lambda: [0.9])
     seeds: list[int] = Field(default_factory=lambda: [0])
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field -> values")
@@ -379,7 +379,7 @@ class SweepConfig(BaseModel):
         return {k: _dedupe(vals) for k, vals in v.items()}
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "SweepConfig":
+    def _non_empty(self) -> SweepConfig:
         for name in ("criteria", "allocations", "sparsities", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; give at least one value")

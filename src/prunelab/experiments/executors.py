@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from prunelab.errors import PrunelabError
 from prunelab.experiments.config import RunConfig
@@ -138,7 +138,7 @@ def _import_ray() -> Any:
 
 
 @EXECUTORS.register("ray")
-def ray_tasks(runs: Sequence[RunConfig], out_dir: Path, *, address: Optional[str] = None, force: bool = False,
+def ray_tasks(runs: Sequence[RunConfig], out_dir: Path, *, address: str | None = None, force: bool = False,
               on_start: Callable[[RunConfig], None] | None = None, ray_init: dict | None = None,
               **_: Any) -> Iterator[Done]:
     """Ray tasks: one per dense model, then one per run depending on its dense model's task."""

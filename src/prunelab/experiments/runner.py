@@ -20,10 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -150,13 +150,13 @@ def training_batches(ds, samples: int, batch: int, seed: int) -> list[tuple[torc
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
-def make_prune_fn(cfg: RunConfig, batches) -> Callable[[nn.Module, float, Optional[Masks]], Masks]:
+def make_prune_fn(cfg: RunConfig, batches) -> Callable[[nn.Module, float, Masks | None], Masks]:
     p = cfg.prune
     options = dict(p.options)
     if p.criterion == "upa":  # undecayed pruning's lambda is the training weight decay (Good et al. 2022)
         options.setdefault("weight_decay", cfg.train.weight_decay)
 
-    def prune_fn(model: nn.Module, sparsity: float, masks: Optional[Masks]) -> Masks:
+    def prune_fn(model: nn.Module, sparsity: float, masks: Masks | None) -> Masks:
         return prune(
             model,
             sparsity,

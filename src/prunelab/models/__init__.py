@@ -32,6 +32,7 @@ from prunelab.models.zoo import MODELS, create
 
 __all__ = [
     "MODELS",
+    "VGG",
     "BasicBlock",
     "HFCausalLMAdapter",
     "HFImageClassificationAdapter",
@@ -42,7 +43,6 @@ __all__ = [
     "PadShortcut",
     "ResNet",
     "TensorAdapter",
-    "VGG",
     "adapter_for",
     "build_he_initialised",
     "build_mlp",

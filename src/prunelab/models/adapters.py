@@ -294,7 +294,7 @@ class ModelAdapter:
         """The samples ``index`` (a 1-d long tensor) of ``batch``."""
         inputs, targets = batch
         index = index.to(self.main_input(batch).device)
-        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        pick = lambda t: t.index_select(0, index)
         inputs = {k: pick(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) else pick(inputs)
         return inputs, (pick(targets) if targets is not None else None)
 
@@ -800,7 +800,7 @@ class HFSeq2SeqLMAdapter(HFAdapter):
         super().__init__(model, loss_fn)
         self._shift = getattr(model, "prepare_decoder_input_ids_from_labels", None)
         if self._shift is None and hasattr(model, "_shift_right"):
-            self._shift = lambda labels: model._shift_right(labels)  # noqa: E731
+            self._shift = lambda labels: model._shift_right(labels)
 
     def model_inputs(self, model: nn.Module, batch: Pair) -> tuple[tuple, dict[str, Any]]:
         args, kwargs = super().model_inputs(model, batch)

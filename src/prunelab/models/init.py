@@ -28,7 +28,8 @@ generator, layer by layer in ``named_parameters()`` order, and nothing else.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn

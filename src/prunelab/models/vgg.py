@@ -16,8 +16,6 @@ and ``classifier`` (one ``Linear``).
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
@@ -25,7 +23,7 @@ from prunelab.models.init import build_he_initialised
 from prunelab.models.zoo import MODELS, require_bool, require_image
 
 # Simonyan & Zisserman (2015), Table 1: conv widths, "M" = 2x2 max-pool.
-CONFIGS: dict[str, list[Union[int, str]]] = {
+CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
@@ -38,7 +36,7 @@ MIN_SIZE = 32  # five 2x2 max-pools need 32 pixels to leave a 1x1 map
 class VGG(nn.Module):
     """A CIFAR VGG: ``classifier(flatten(pool(features(x))))``; see the module docstring."""
 
-    def __init__(self, config: list[Union[int, str]], in_channels: int, num_classes: int, batch_norm: bool) -> None:
+    def __init__(self, config: list[int | str], in_channels: int, num_classes: int, batch_norm: bool) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels

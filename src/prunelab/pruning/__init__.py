@@ -24,17 +24,18 @@ from prunelab.masks import (
     prunable_parameters,
     to_torch_prune,
 )
+
 # Importing these registers the methods each one defines.
-from prunelab.pruning import earlybird as _earlybird  # noqa: E402,F401  (earlybird schedule, bn_scale)
-from prunelab.pruning import imp_rounds as _imp_rounds  # noqa: E402,F401  (imp_rounds schedule)
-from prunelab.pruning import lr_bound as _lr_bound  # noqa: E402,F401  (lr_bound allocation)
-from prunelab.pruning import lr_bound_hidden as _lr_bound_hidden  # noqa: E402,F401  (lr_bound_hidden allocation)
-from prunelab.pruning import nm as _nm  # noqa: E402,F401  (N:M allocation)
-from prunelab.pruning import second_order as _second_order  # noqa: E402,F401  (woodfisher, cbs, obs)
-from prunelab.pruning import slimming as _slimming  # noqa: E402,F401  (slimming schedule)
-from prunelab.pruning import spline as _spline  # noqa: E402,F401  (spline structured criterion)
-from prunelab.pruning import structured_schedule as _structured_schedule  # noqa: E402,F401  (structured schedule)
-from prunelab.pruning import upa as _upa  # noqa: E402,F401  (undecayed pruning criterion)
+from prunelab.pruning import earlybird as _earlybird  # noqa: F401  (earlybird schedule, bn_scale)
+from prunelab.pruning import imp_rounds as _imp_rounds  # noqa: F401  (imp_rounds schedule)
+from prunelab.pruning import lr_bound as _lr_bound  # noqa: F401  (lr_bound allocation)
+from prunelab.pruning import lr_bound_hidden as _lr_bound_hidden  # noqa: F401  (lr_bound_hidden allocation)
+from prunelab.pruning import nm as _nm  # noqa: F401  (N:M allocation)
+from prunelab.pruning import second_order as _second_order  # noqa: F401  (woodfisher, cbs, obs)
+from prunelab.pruning import slimming as _slimming  # noqa: F401  (slimming schedule)
+from prunelab.pruning import spline as _spline  # noqa: F401  (spline structured criterion)
+from prunelab.pruning import structured_schedule as _structured_schedule  # noqa: F401  (structured schedule)
+from prunelab.pruning import upa as _upa  # noqa: F401  (undecayed pruning criterion)
 from prunelab.pruning.allocation import ExplicitAllocation, keep_top, layer_densities
 from prunelab.pruning.api import prune
 from prunelab.pruning.compact import compact, remove_pruned_units
@@ -56,15 +57,15 @@ __all__ = [
     "ScoreContext",
     "SparsityReport",
     "as_batches",
+    "compact",
     "count_flops",
     "from_torch_prune",
     "keep_top",
     "layer_densities",
     "make_permanent",
+    "model_bytes",
     "prunable_modules",
     "prunable_parameters",
-    "compact",
-    "model_bytes",
     "prune",
     "remove_pruned_units",
     "sparsity_report",

@@ -258,7 +258,7 @@ def _real_counts(family: str, masks: Masks, sparsity: float) -> tuple[np.ndarray
     caps = np.array([int(torch.count_nonzero(m)) for m in masks.values()], dtype=np.int64)
     keep_total = target_kept(masks, sparsity)
     kept_at, lo, hi = _FAMILIES[family](shapes)
-    capped = lambda t: np.minimum(kept_at(t), caps)  # noqa: E731 - a layer keeps at most what it has
+    capped = lambda t: np.minimum(kept_at(t), caps)
     floor = capped(lo).sum()
     if floor > keep_total + 1e-6:
         raise PrunelabError(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,7 +48,7 @@ class CriterionOptions(BaseModel):
     """Options every criterion takes (a criterion's own options model extends this)."""
 
     model_config = ConfigDict(extra="forbid")
-    iterations: Optional[int] = Field(None, gt=0, description="score/prune rounds on an exponential density "
+    iterations: int | None = Field(None, gt=0, description="score/prune rounds on an exponential density "
                                       "schedule (default: the criterion's own, 1 for one-shot criteria)")
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -262,7 +262,7 @@ class LrBoundOptions(BaseModel):
     """The ``lr_bound`` allocation (Cai et al. 2023)."""
 
     model_config = ConfigDict(extra="forbid")
-    widths: Optional[list[int]] = Field(None, description="the MLP's [n_0, ..., n_out] when some layers are not masked")
+    widths: list[int] | None = Field(None, description="the MLP's [n_0, ..., n_out] when some layers are not masked")
     lr_bound_rank: Literal["analytic", "montecarlo"] = Field("analytic", description="rank distribution of sparse layers")
 
 

@@ -24,9 +24,9 @@ callbacks (:class:`~prunelab.pruning.enforce.MaskEnforcer`, :class:`GradualPruni
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,12 +38,12 @@ from prunelab.masks import Masks, prunable_parameters
 from prunelab.pruning.enforce import MaskEnforcer
 from prunelab.registry import Registry
 
-PruneFn = Callable[[nn.Module, float, Optional[Masks]], Masks]
+PruneFn = Callable[[nn.Module, float, Masks | None], Masks]
 #: ``fit(model, data, config, callbacks=..., progress=...) -> result with .history`` (``prunelab.train.fit``)
 FitFn = Callable[..., Any]
 StateDict = dict[str, torch.Tensor]
 
-SCHEDULES: Registry[Callable[["ScheduleContext"], "ScheduleResult"]] = Registry("schedule")
+SCHEDULES: Registry[Callable[[ScheduleContext], ScheduleResult]] = Registry("schedule")
 
 
 @dataclass
@@ -260,7 +260,7 @@ def weight_counts(model: nn.Module, exclude: tuple[str, ...] = ()) -> tuple[int,
     return prunable, every - prunable
 
 
-def imp_levels_for(ctx: "ScheduleContext", opts: "ImpOptions") -> list[float]:
+def imp_levels_for(ctx: ScheduleContext, opts: ImpOptions) -> list[float]:
     """The sparsity after each IMP round for the context's model, target and excluded layers."""
     if opts.counting == "prunable":
         return imp_levels(ctx.sparsity, opts.rate)

@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.masks import Masks
@@ -388,7 +387,7 @@ class ActivationL1:
     def __enter__(self) -> ActivationL1:
         return self.attach()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.detach()
 
 

@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from prunelab.errors import PrunelabError
 from prunelab.report.tables import (
@@ -307,6 +307,55 @@ def scatter_figure(groups: dict[str, tuple[Sequence[float], Sequence[float]]], *
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.35)
     ax.legend(fontsize=8, frameon=False, loc="best")
+    if title:
+        ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    return fig
+
+
+def paper_comparison_figure(ours: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+                            paper: dict[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
+                            title: str | None = None, extra: dict[str, tuple[Sequence[float], Sequence[float],
+                                                                           Sequence[float]]] | None = None,
+                            x_of: Any = None, tick_labels: dict[float, str] | None = None) -> Figure:
+    """Our curves beside a paper's numbers, unsaved: per method (a colour each) our means with sd error
+    bars (solid, filled markers; ``ours[label] = (xs, means, sds)``) and the paper's values (dashed,
+    hollow markers, ``paper[label] = (xs, ys)``); ``extra[label] = (xs, means, sds)`` adds our points
+    drawn in a method's colour as stars (``label`` is ``"<method> <what>"``, the method's colour found
+    by its first word). ``x_of`` maps an x value to its position (e.g. sparsity -> 1/(1 - s) on a log
+    axis, set by ``tick_labels = {x: label}`` at the data's x values). Raises :class:`PrunelabError`
+    when there is nothing to draw."""
+    if not ours and not paper:
+        raise PrunelabError("nothing to plot: no series of ours and none of the paper")
+    pos = (lambda v: float(v)) if x_of is None else x_of
+    methods = list(dict.fromkeys([*ours, *paper]))
+    colours = dict(zip(methods, _colours(len(methods))))
+    fig, ax = plt.subplots(figsize=(7.4, 4.6), layout="constrained")
+    handles = []  # legend order: each method's ours then paper, then the extra points
+    for i, m in enumerate(methods):
+        c, marker = colours[m], MARKERS[i % len(MARKERS)]
+        if m in ours:
+            xs, ys, sd = ours[m]
+            handles.append(ax.errorbar([pos(x) for x in xs], ys, yerr=sd, color=c, marker=marker, markersize=5,
+                                       linewidth=1.4, capsize=3, elinewidth=1, label=f"{m} (ours)"))
+        if m in paper:
+            xs, ys = paper[m]
+            handles += ax.plot([pos(x) for x in xs], ys, color=c, marker=marker, markersize=7, linestyle="--",
+                               linewidth=1, markerfacecolor="none", label=f"{m} (paper)")
+    for label, (xs, ys, sd) in (extra or {}).items():
+        c = colours.get(label.split(" ")[0], "0.2")
+        handles.append(ax.errorbar([pos(x) for x in xs], ys, yerr=sd, color=c, marker="*", markersize=10,
+                                   linestyle="none", capsize=3, elinewidth=1, label=label))
+    if tick_labels:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([pos(x) for x in tick_labels]))
+        ax.xaxis.set_major_formatter(FixedFormatter(list(tick_labels.values())))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.35)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+              borderaxespad=0)
     if title:
         ax.set_title(textwrap.fill(title, 70), fontsize=9)
     return fig

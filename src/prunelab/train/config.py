@@ -174,7 +174,7 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError(
                 f"give exactly one of epochs or iterations, got epochs={self.epochs}, "
@@ -197,6 +197,6 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
         return self
 
     @classmethod
-    def build(cls, **kwargs: Any) -> "TrainConfig":
+    def build(cls, **kwargs: Any) -> TrainConfig:
         """``TrainConfig(**kwargs)``: bad values raise a one-line :class:`PrunelabError`."""
         return cls(**kwargs)

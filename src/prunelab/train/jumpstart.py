@@ -165,7 +165,7 @@ class LayerOutputSlacks:
         self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []

@@ -16,12 +16,12 @@ import time
 import numpy as np
 
 from prunelab.analysis.affine import AffineLayer
-from prunelab.progress import Meter, track
 from prunelab.analysis.exact.bounds import LayerBounds
 from prunelab.analysis.exact.candidates import Candidates
 from prunelab.analysis.exact.domain import Box
 from prunelab.analysis.exact.forward import preactivations
 from prunelab.analysis.exact.milp import ACTIVE, INACTIVE, ReluMilp
+from prunelab.progress import Meter, track
 
 
 def _flipped(

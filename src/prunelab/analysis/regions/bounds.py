@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def _exact_recurrence(d0: int, widths: tuple[int, ...], caps: tuple[int, ...], c
     """R(1, d0) with j_l <= min(caps[l], d); if ``cap_dim`` the dimension passed on is also <= caps[l]."""
     L = len(widths)
 
-    @lru_cache(maxsize=None)
+    @cache
     def R(l: int, d: int) -> int:
         if l == L:
             return 1

@@ -5,14 +5,16 @@
 verdicts) is :mod:`prunelab.experiments.reproductions.base`.
 """
 
-from prunelab.experiments.reproductions import cbs  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import earlybird  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import effective_sparsity  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import exact_compression  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import jumpstart  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import linear_regions  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import recall  # noqa: F401  (registers)
-from prunelab.experiments.reproductions import stability  # noqa: F401  (registers)
+from prunelab.experiments.reproductions import (
+    cbs,  # noqa: F401  (registers)
+    earlybird,  # noqa: F401  (registers)
+    effective_sparsity,  # noqa: F401  (registers)
+    exact_compression,  # noqa: F401  (registers)
+    jumpstart,  # noqa: F401  (registers)
+    linear_regions,  # noqa: F401  (registers)
+    recall,  # noqa: F401  (registers)
+    stability,  # noqa: F401  (registers)
+)
 from prunelab.experiments.reproductions.base import (
     MODES,
     REPRODUCTIONS,

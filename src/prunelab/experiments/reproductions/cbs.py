@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ from prunelab.experiments.reproductions.common import (
     published_mean_p,
     seeds_of,
 )
+from prunelab.report.plots import paper_comparison_figure, save_figure
 
 METHODS = ["MP", "WF", "CBS-S", "MP+CBS-U", "CBS"]
 PUBLISHED_SOURCE = "Yu et al. 2022, Table 1 (github.com/yuxwind/CBS analyse/exp_table.txt)"
@@ -354,12 +356,40 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
                   ["sparsity", "method", "ours %", "95% CI", "paper %", "n"])
 
 
+def figures(rows: Sequence[Mapping[str, Any]], mode: str, folder: Path) -> list[Path]:
+    """``cbs_vs_paper.png``: Table 1 beside ours. Per method (MP, WF, CBS-S, CBS, and MP+CBS-U, which
+    the paper does not report) our mean test accuracy with one-sd error bars over seeds against
+    sparsity (x at 1/(1 - s), labelled by sparsity), the paper's cells as hollow markers on dashed
+    lines, and our CBS-S / CBS at the authors' achieved sparsities as stars."""
+    acc = _accuracies(rows)
+    if not acc:
+        return []
+
+    def series(method: str) -> tuple[list[float], list[float], list[float]]:
+        cells = sorted((s, list(v.values())) for (m, s), v in acc.items() if m == method)
+        return ([s for s, _ in cells], [statistics.fmean(v) for _, v in cells],
+                [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in cells])
+
+    ours = {m: series(m) for m in METHODS if any(k[0] == m for k in acc)}
+    paper = {m: (sorted(PUBLISHED[m]), [PUBLISHED[m][s] for s in sorted(PUBLISHED[m])]) for m in PUBLISHED}
+    extra = {f"{m} at the authors' count (ours)": series(m + AUTHORS_SUFFIX) for m in AUTHORS_METHODS
+             if any(k[0] == m + AUTHORS_SUFFIX for k in acc)}
+    ticks = sorted({s for _, s in acc if s not in _AT_AUTHORS} | set(PUBLISHED["MP"]))
+    fig = paper_comparison_figure(
+        ours, paper, extra=extra, x_of=lambda s: 1.0 / (1.0 - s), tick_labels={s: f"{s:g}" for s in ticks},
+        xlabel="sparsity (axis: compression 1 / (1 - s), log)", ylabel="test accuracy (%), no fine-tuning",
+        title=f"CBS reproduction ({mode}, {seeds_of(rows)} seed(s)): MLPNet / MNIST one-shot, ours (mean ± sd) vs "
+              f"Yu et al. 2022 Table 1")
+    return [save_figure(fig, Path(folder) / "cbs_vs_paper.png")]
+
+
 register(Reproduction(
     name="cbs",
     paper="Yu, Serra, Ramalingam & Zhe 2022, The Combinatorial Brain Surgeon (ICML)",
     claim="one-shot, no fine-tuning, MLPNet/MNIST at sparsity >= 0.9: WF > MP, CBS-S > WF, CBS > WF, CBS > CBS-S",
     sweep="cbs.toml",
     report=report,
+    figures=figures,
     data="mnist",
     time={"quick": "~10 s CPU", "default": "~35 min CPU on 1 core (41 runs per seed; the 35 at the nominal sparsities "
           "took 32 min for 5 seeds on a core shared with another sweep, the 30 at the authors' sparsities "

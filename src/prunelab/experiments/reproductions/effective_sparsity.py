@@ -29,7 +29,7 @@ def _gap(r: Mapping[str, Any]) -> float:
 def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     comps = sorted({compression_of(r) for r in rows})
     top = max(comps)
-    by = lambda r: (method_label(r), compression_of(r))  # noqa: E731
+    by = lambda r: (method_label(r), compression_of(r))
     eff = group(rows, by, lambda r: float(r["effective.effective_compression"]))
     acc = group(rows, by, lambda r: r.get("test_accuracy"))
     gaps = group(rows, by, _gap)

@@ -101,7 +101,7 @@ class CBSOptions(pydantic.BaseModel):
     selection: Literal["auto", "full", "blocks"] = "auto"
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> "CBSOptions":
+    def from_options(cls, options: Mapping[str, Any] | None) -> CBSOptions:
         options = dict(options or {})
         values = {k[4:]: v for k, v in options.items() if k.startswith("cbs_")}
         unknown = sorted(set(values) - set(cls.model_fields))
@@ -224,7 +224,7 @@ def chunked_magnitude_selection(weights: torch.Tensor, n_prune: int, generator: 
     d = weights.numel()
     n_keep = d - n_prune
     perm = torch.randperm(d, generator=generator).to(weights.device)
-    n_chunks = max(1, min(int(math.isqrt(d)), 1000))
+    n_chunks = max(1, min(math.isqrt(d), 1000))
     bounds = [round(c * d / n_chunks) for c in range(n_chunks + 1)]
     sizes = torch.tensor([bounds[c + 1] - bounds[c] for c in range(n_chunks)], dtype=torch.float64)
     quota = sizes * n_keep / d

@@ -78,7 +78,7 @@ class FisherOptions(pydantic.BaseModel):
     memory_limit_gb: float = pydantic.Field(2.0, gt=0.0, allow_inf_nan=False)
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> "FisherOptions":
+    def from_options(cls, options: Mapping[str, Any] | None) -> FisherOptions:
         """Build from ``ctx.options`` keys (``fisher_samples``, ``fisher_batch``, ``damping``,
         ``block_size``, ``full``, ``fisher_memory_gb``); a ``FisherOptions`` under ``"fisher"`` wins."""
         options = dict(options or {})
