@@ -80,6 +80,7 @@ def test_causal_lm_token_accuracy_and_mean_by_hand():
     acc = float((pred[valid] == target[valid]).float().mean())
     ce = float(nn.functional.cross_entropy(logits[:, :-1][valid], target[valid]))
     assert res.accuracy == pytest.approx(acc, abs=1e-12)
+    assert (res.num_samples, res.num_classes) == (10, logits.shape[-1])  # sequences; the vocabulary
     assert res.loss == pytest.approx(ce, rel=1e-6)
     with torch.no_grad():
         batch_means = [float(adapter.loss(model, adapter.select(pair, torch.arange(s, min(10, s + 3)))))

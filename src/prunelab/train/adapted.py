@@ -118,11 +118,12 @@ def evaluate_pair(model: nn.Module, adapter: ModelAdapter, pair: Pair, batch_siz
     """Mean loss and accuracy of ``model`` on ``pair`` (eval mode, no gradients, modes restored)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     tally = Tally(device)
-    n = adapter.batch_size(pair)
+    n, classes = adapter.batch_size(pair), 0
     with eval_mode(model), torch.no_grad():
         for start in range(0, n, batch_size):
             batch = adapter.select(pair, torch.arange(start, min(n, start + batch_size)))
             logits = adapter.forward(model, batch)
+            classes = int(logits.shape[-1])
             tally.add(adapter, logits, batch, adapter.loss_from_logits(logits, batch))
     loss, acc = tally.result()
-    return EvalResult(accuracy=acc, loss=loss, num_samples=n)
+    return EvalResult(accuracy=acc, loss=loss, num_classes=classes, num_samples=n)
