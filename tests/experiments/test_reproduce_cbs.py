@@ -335,6 +335,21 @@ def test_report_only_rebuilds_the_report_from_results_csv_without_running(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cbs_vs_paper.png", "report.json", "report.md", "results.csv"]
 
 
+def test_report_only_on_another_reproductions_table_is_one_line(tmp_path):
+    import csv
+
+    from prunelab.cli import main
+
+    rows = hand_rows()  # a CBS table given to the stability report
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(main, ["reproduce", "stability", "--report-only", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "is not a results table of `prunelab reproduce stability`" in res.output
+    assert "'stability." in res.output and len(res.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args, says", [
     (["--out", "{missing}"], "no results.csv in"),
     ([], "--report-only needs --out"),

@@ -162,7 +162,11 @@ def report_from_folder(name: str, folder: str | Path, mode: str = "default", *, 
         raise PrunelabError(f"no results.csv in {str(folder)!r}: give the --out folder of a finished "
                             f"`prunelab reproduce {rep.name}` run")
     rows = read_csv(csv)
-    report = rep.report(rows, mode)
+    try:
+        report = rep.report(rows, mode)
+    except KeyError as exc:  # a table of another sweep: name the column instead of a traceback
+        raise PrunelabError(f"{csv} is not a results table of `prunelab reproduce {rep.name}`: it has no column "
+                            f"{exc.args[0]!r}") from None
     if write:
         write_report(rep.name, mode, report, folder)
         if rep.figures is not None and rows:
