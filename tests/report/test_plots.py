@@ -274,3 +274,18 @@ def test_paper_comparison_figure_draws_ours_paper_and_extras_in_method_order():
     plt.close(fig)
     with pytest.raises(PrunelabError, match="nothing to plot"):
         paper_comparison_figure({}, {}, xlabel="x", ylabel="y")
+
+
+def test_options_a_method_does_not_set_stay_out_of_its_label(tmp_path):
+    """synflow sets iterations=100 and a schedule option; magnitude and snip set neither (blank cells,
+    as in a results.csv): their labels are just the criterion (one allocation: in the title), synflow's
+    carries its values,
+    and the legend title names the option columns once as "options"."""
+    def extra(ci, sp, seed):
+        synflow = ci == 2
+        return {"prune.iterations": 100 if synflow else None,
+                "prune.schedule_options": "rate=0.5" if synflow else "{}"}
+
+    fig, summary = accuracy_figure(make_csv(tmp_path / "r.csv", allocations=("global",), extra=extra))
+    assert summary.series == ["magnitude", "snip", "synflow / iterations=100 / schedule_options=rate=0.5"]
+    assert fig.legends[0].get_title().get_text() == "criterion / options (n=3 seeds)"

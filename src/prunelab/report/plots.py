@@ -95,10 +95,17 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
+def _unset(v: Any) -> bool:
+    """A method option a run did not set: blank, None, NaN or an empty mapping / list."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return True
+    return isinstance(v, str) and v.strip() in ("", "-", "{}", "[]")
+
+
 def _label(method: dict[str, Any], constant: dict[str, Any]) -> str:
     """The varying method values (``snip / erk``, ``lr=0.05``); with none, the criterion or "all runs"."""
     parts = [general(v) if c in PRIMARY_METHOD_COLUMNS else f"{c.rsplit('.', 1)[-1]}={general(v)}"
-             for c, v in method.items()]
+             for c, v in method.items() if c in PRIMARY_METHOD_COLUMNS or not _unset(v)]
     if not parts and constant.get("prune.criterion") is not None:
         parts = [general(constant["prune.criterion"])]
     return " / ".join(parts) or "all runs"
@@ -226,7 +233,8 @@ def accuracy_figure(csv_path: str | Path, title: str | None = None) -> tuple[Fig
         ax.grid(True, which="minor", alpha=0.12)
     axes[0].set_ylabel("test accuracy" + (" (mean ± std over seeds)" if error_bars else ""))
     handles, labels = axes[0].get_legend_handles_labels()
-    legend_title = " / ".join(c.rsplit(".", 1)[-1] for c in by)
+    primary = [c.rsplit(".", 1)[-1] for c in by if c in PRIMARY_METHOD_COLUMNS]
+    legend_title = " / ".join(primary + (["options"] if len(primary) < len(by) else []))
     if same_n:
         n = series[0].seeds
         n = f"{n} seed" if n == "n=1" else f"{n} seeds"
