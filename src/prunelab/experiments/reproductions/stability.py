@@ -97,7 +97,7 @@ def _paired(rows: Sequence[Mapping[str, Any]], a: str, b: str, column: str) -> l
 def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     labelled = _labelled(rows, mode)
     pruned = [r for r in labelled if r["_target"] != "none"]
-    fig2 = [r for r in pruned if r["_target"] in ("smallest", "largest")]
+    fig2 = _fig2_runs(pruned)
     rates = sorted({r["_rate"] for r in fig2})
     small, large = (rates[0], rates[-1]) if rates else (math.nan, math.nan)
     label_of = {(r["_target"], r["_rate"]): r["_label"] for r in labelled}
@@ -106,10 +106,7 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
     n = len(fig2)
     claims = []
 
-    st = [float(r[STABILITY]) for r in fig2]
-    acc = [float(r[ACCURACY]) for r in fig2]
-    c = stability_correlations(st, acc)
-    lo, hi = correlation_ci(c["pearson_r"], n)
+    c, lo, hi = _fig2_correlation(fig2)
     interval = f"95% CI {lo:.2f} to {hi:.2f}" if math.isfinite(lo) else "no interval below 4 runs"
     ours = (f"Pearson r = {c['pearson_r']:.2f} ({interval}), Kendall tau = {c['kendall_tau']:.2f} "
             f"(p = {c['kendall_p']:.2g}) over {n} runs" if math.isfinite(c["pearson_r"])
@@ -161,6 +158,18 @@ def report(rows: Sequence[Mapping[str, Any]], mode: str) -> Report:
                   ["method", "runs", "mean stability %", "best test acc % after pruning", "gen. gap %", "events"])
 
 
+def _fig2_runs(labelled: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The runs of the paper's Fig. 2 correlation: Prune_S and Prune_L (not Prune_R, not unpruned)."""
+    return [r for r in labelled if r["_target"] in ("smallest", "largest")]
+
+
+def _fig2_correlation(fig2: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], float, float]:
+    """Stability vs best accuracy over ``fig2``: the correlations and the Fisher-z interval of r."""
+    c = stability_correlations([float(r[STABILITY]) for r in fig2], [float(r[ACCURACY]) for r in fig2])
+    lo, hi = correlation_ci(c["pearson_r"], len(fig2))
+    return c, lo, hi
+
+
 def _labelled(rows: Sequence[Mapping[str, Any]], mode: str) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -182,9 +191,8 @@ def figures(rows: Sequence[Mapping[str, Any]], mode: str, folder: Path) -> list[
     groups = {label: ([float(r[STABILITY]) for r in labelled if r["_label"] == label],
                       [100.0 * float(r[ACCURACY]) for r in labelled if r["_label"] == label])
               for *_, label in order}
-    fig2 = [r for r in labelled if r["_target"] in ("smallest", "largest")]
-    c = stability_correlations([float(r[STABILITY]) for r in fig2], [float(r[ACCURACY]) for r in fig2])
-    lo, hi = correlation_ci(c["pearson_r"], len(fig2))
+    fig2 = _fig2_runs(labelled)
+    c, lo, hi = _fig2_correlation(fig2)
     r_txt = (f"Pearson r = {c['pearson_r']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
              + f" over the {len(fig2)} Prune_S / Prune_L runs" if math.isfinite(c["pearson_r"])
              else "r not computable")
